@@ -1,0 +1,207 @@
+//! The site's bus: an embedded rumqttd broker. Drivers' group messages are
+//! published into it through one in-process link; each sink consumes its
+//! topic filters through its own link; outside MQTT clients connect over TCP.
+
+pub mod neuron;
+
+use crate::manifest::BrokerSection;
+use anyhow::Context;
+use bytes::Bytes;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+
+/// Messages waiting for the publisher thread. Enough for seconds of a busy
+/// site; beyond it the router is not keeping up and we drop, counted.
+const PUBLISH_QUEUE: usize = 16_384;
+
+/// Builds the broker; links must be made before [`BusBuilder::start`]
+/// because rumqttd's `start` takes the broker for good.
+pub struct BusBuilder {
+    broker: Broker,
+    listen: std::net::SocketAddr,
+}
+
+impl BusBuilder {
+    pub fn new(section: &BrokerSection) -> Self {
+        let connections = ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: usize::try_from(section.max_payload_size).unwrap_or(usize::MAX),
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        };
+        let server = ServerSettings {
+            name: "mqtt-v4".into(),
+            listen: section.listen,
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections,
+        };
+        let config = Config {
+            id: 0,
+            router: RouterConfig {
+                max_connections: section.max_connections,
+                max_outgoing_packet_count: 200,
+                // rumqttd keeps every filter's log in memory: 1 MiB x 10 bounds
+                // it (the defaults, 100 MiB x 10 per filter, would not).
+                max_segment_size: 1 << 20,
+                max_segment_count: 10,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+            v4: Some(HashMap::from([("mqtt-v4".to_string(), server)])),
+            ..Default::default()
+        };
+        Self {
+            broker: Broker::new(config),
+            listen: section.listen,
+        }
+    }
+
+    /// A link that publishes group messages; feed it through the returned
+    /// [`Publisher`], which never blocks the caller.
+    pub fn publisher(&self) -> anyhow::Result<Publisher> {
+        let (link_tx, link_rx) = self
+            .broker
+            .link("omh-publisher")
+            .map_err(|e| anyhow::anyhow!("cannot link publisher to broker: {e}"))?;
+        let (queue, inbox) = sync_channel::<Outgoing>(PUBLISH_QUEUE);
+        std::thread::Builder::new()
+            .name("omh-publisher".into())
+            .spawn(move || run_publisher(link_tx, link_rx, inbox))?;
+        Ok(Publisher {
+            queue,
+            dropped: Arc::default(),
+        })
+    }
+
+    /// A link subscribed to `filters`, for a sink.
+    pub fn subscription(&self, client_id: &str, filters: &[String]) -> anyhow::Result<Subscription> {
+        let (mut link_tx, link_rx) = self
+            .broker
+            .link(client_id)
+            .map_err(|e| anyhow::anyhow!("cannot link {client_id} to broker: {e}"))?;
+        for filter in filters {
+            link_tx
+                .subscribe(filter.clone())
+                .map_err(|e| anyhow::anyhow!("cannot subscribe {client_id} to {filter}: {e}"))?;
+        }
+        Ok(Subscription {
+            _link_tx: link_tx,
+            link_rx,
+        })
+    }
+
+    /// Starts the MQTT listener on its own thread.
+    pub fn start(mut self) -> anyhow::Result<()> {
+        // rumqttd only logs a failed bind from its server thread; check first
+        // so a port clash stops start-up with a clear message.
+        std::net::TcpListener::bind(self.listen)
+            .with_context(|| format!("broker: cannot listen on {}", self.listen))?;
+        std::thread::Builder::new()
+            .name("omh-broker".into())
+            .spawn(move || {
+                if let Err(error) = self.broker.start() {
+                    tracing::error!(%error, "broker stopped");
+                }
+            })?;
+        tracing::info!(listen = %self.listen, "MQTT broker listening");
+        Ok(())
+    }
+}
+
+struct Outgoing {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+/// Hands messages to the publisher thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    queue: SyncSender<Outgoing>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// Queues a message without blocking; when the queue is full the message
+    /// is dropped and counted (a stuck router must not stall the drivers).
+    pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        match self.queue.try_send(Outgoing {
+            topic,
+            payload,
+            retain,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(message)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        topic = %message.topic, dropped,
+                        "bus publish queue full: message dropped"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("bus publisher thread is gone");
+            }
+        }
+    }
+}
+
+fn run_publisher(
+    mut link_tx: LinkTx,
+    // Held so the router keeps the link; a publisher receives nothing.
+    _link_rx: LinkRx,
+    inbox: std::sync::mpsc::Receiver<Outgoing>,
+) {
+    for message in inbox {
+        let publish = Publish::new(
+            Bytes::from(message.topic),
+            Bytes::from(message.payload),
+            message.retain,
+        );
+        // A blocking send is right here: this is the publisher's own thread.
+        if let Err(error) = futures::executor::block_on(link_tx.send(Packet::Publish(publish, None))) {
+            tracing::error!(%error, "broker link closed; publisher stops");
+            return;
+        }
+    }
+}
+
+/// A sink's view of the bus: the messages matching its filters.
+pub struct Subscription {
+    // The router ties the subscription to this half; dropping it ends it.
+    _link_tx: LinkTx,
+    link_rx: LinkRx,
+}
+
+impl Subscription {
+    /// The next message's payload. `None` when the broker has gone away.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            match self.link_rx.next().await {
+                Ok(Some(Notification::Forward(forward))) => return Some(forward.publish.payload),
+                // The router stops feeding a link whose buffer filled up until
+                // the link says it has drained: say so, or nothing ever arrives again.
+                Ok(Some(Notification::Unschedule)) => {
+                    if self.link_rx.wake().await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(Some(_)) | Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(%error, "bus subscription closed");
+                    return None;
+                }
+            }
+        }
+    }
+}

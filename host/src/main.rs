@@ -1,0 +1,160 @@
+//! `omh-host`: an open manufacturing hub in one process. It polls devices
+//! through WebAssembly driver plugins, publishes their data on an embedded
+//! MQTT broker, and stores it through sink plugins, all from one manifest.
+
+mod bus;
+mod manifest;
+mod plugin;
+mod simulator;
+mod site;
+mod status;
+mod storage;
+
+use clap::{Parser, Subcommand};
+use plugin::catalog::{Catalog, WIT_PACKAGE, WIT_VERSION};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "omh-host",
+    version,
+    about = "Open manufacturing hub: devices -> MQTT bus -> database, with WebAssembly plugins",
+    long_about = "Open manufacturing hub: devices -> MQTT bus -> database, with WebAssembly plugins.\n\n\
+        One manifest (TOML) describes the site: Modbus simulators, devices with their driver \
+        plugin and groups of tags polled at an interval, transforms, the embedded MQTT broker \
+        and sinks that write to PostgreSQL/TimescaleDB or an embedded SQLite file.\n\n\
+        `omh-host --manifest site.toml` runs the site until Ctrl-C.",
+    after_help = "Examples:\n  \
+        omh-host --manifest examples/quickstart.toml\n  \
+        omh-host check --manifest site.toml\n  \
+        omh-host plugins list --manifest site.toml\n\n\
+        Logging: OMH_LOG=debug (or any tracing filter, e.g. OMH_LOG=info,omh_host=debug)."
+)]
+struct Cli {
+    /// Site manifest to run (same as `omh-host run --manifest FILE`).
+    #[arg(long, short, global = true, value_name = "FILE", env = "OMH_MANIFEST")]
+    manifest: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the site described by --manifest until Ctrl-C or SIGTERM.
+    Run,
+    /// Validate --manifest and the plugins it names, without starting anything.
+    ///
+    /// Exits non-zero and prints one line per problem, each naming the
+    /// file, the key path and the bad value.
+    Check,
+    /// Work with plugins (.wasm components).
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// List the plugins in a directory: file, world, WIT version, size.
+    ///
+    /// The directory is --dir, or the `plugins.dir` of --manifest.
+    List {
+        /// Plugins directory to list (overrides the manifest's).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        None | Some(Command::Run) => run(cli.manifest.as_deref()),
+        Some(Command::Check) => check(cli.manifest.as_deref()),
+        Some(Command::Plugins {
+            command: PluginsCommand::List { dir },
+        }) => list_plugins(cli.manifest.as_deref(), dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OMH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn require_manifest(manifest: Option<&Path>) -> anyhow::Result<&Path> {
+    manifest.ok_or_else(|| {
+        anyhow::anyhow!("no manifest: pass --manifest FILE (try examples/quickstart.toml)")
+    })
+}
+
+fn run(manifest: Option<&Path>) -> anyhow::Result<()> {
+    let loaded = manifest::load(require_manifest(manifest)?)?;
+    tokio::runtime::Runtime::new()?.block_on(site::run(loaded))
+}
+
+fn check(manifest: Option<&Path>) -> anyhow::Result<()> {
+    let path = require_manifest(manifest)?;
+    let loaded = manifest::load(path)?;
+    let catalog = Catalog::scan(&loaded.plugins_dir)?;
+    site::resolve_plugins(&loaded.manifest, &catalog).map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect();
+        anyhow::anyhow!(lines.join("\n"))
+    })?;
+    let m = &loaded.manifest;
+    println!(
+        "{}: OK ({} devices, {} groups, {} transforms, {} sinks, {} simulators)",
+        path.display(),
+        m.devices.len(),
+        m.devices.values().map(|d| d.groups.len()).sum::<usize>(),
+        m.transforms.len(),
+        m.sinks.len(),
+        m.simulators.len()
+    );
+    Ok(())
+}
+
+fn list_plugins(manifest: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = match (dir, manifest) {
+        (Some(dir), _) => dir,
+        (None, Some(manifest)) => manifest::load(manifest)?.plugins_dir,
+        (None, None) => anyhow::bail!("pass --dir DIR or --manifest FILE"),
+    };
+    let catalog = Catalog::scan(&dir)?;
+    println!(
+        "plugins in {} (host supports {WIT_PACKAGE}@{WIT_VERSION}):",
+        dir.display()
+    );
+    println!("{:<24} {:<10} {:<8} {:>9}  FILE", "NAME", "WORLD", "WIT", "SIZE");
+    for plugin in &catalog.plugins {
+        println!(
+            "{:<24} {:<10} {:<8} {:>6} KiB  {}",
+            plugin.name,
+            plugin.world.to_string(),
+            plugin.wit_version,
+            plugin.size >> 10,
+            plugin.path.display()
+        );
+    }
+    for (path, reason) in &catalog.rejected {
+        println!("rejected {}: {reason}", path.display());
+    }
+    Ok(())
+}

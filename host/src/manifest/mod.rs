@@ -1,0 +1,371 @@
+//! The site manifest: one TOML file describes the whole site.
+//!
+//! Loading is two steps, both at configure time: serde turns the text into
+//! these structs (type errors carry the key path), then [`validate`] checks
+//! what types cannot (addresses, references between sections, templates).
+//! Every problem is reported as `file: key.path: message` so a user can find
+//! it without reading our code.
+
+mod env;
+mod units;
+mod validate;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::TopicTemplate;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub site: SiteSection,
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    #[serde(default)]
+    pub broker: BrokerSection,
+    /// Built-in Modbus TCP simulators, so a site runs with no device.
+    #[serde(default)]
+    pub simulators: BTreeMap<String, SimulatorSection>,
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceSection>,
+    #[serde(default)]
+    pub transforms: BTreeMap<String, TransformSection>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    #[serde(default = "default_site_name")]
+    pub name: String,
+    /// Compiled-plugin cache and embedded databases live here. Relative
+    /// paths are relative to the manifest's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for SiteSection {
+    fn default() -> Self {
+        Self {
+            name: default_site_name(),
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Every `.wasm` component here is a plugin, named by its file stem.
+    #[serde(default = "default_plugins_dir")]
+    pub dir: PathBuf,
+    /// Defaults for every plugin instance; devices, transforms and sinks may
+    /// override them in their own `limits` table.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        Self {
+            dir: default_plugins_dir(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Sandbox limits of one plugin instance.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory cap; growing past it traps and the instance restarts.
+    #[serde(default, deserialize_with = "units::optional_byte_size")]
+    pub memory_limit: Option<u64>,
+    /// Longest a single call into the plugin may run before it is stopped.
+    #[serde(default, deserialize_with = "units::optional_duration")]
+    pub call_timeout: Option<Duration>,
+}
+
+impl Limits {
+    pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// This instance's limits, falling back to the site defaults.
+    pub fn resolve(&self, defaults: &Limits) -> ResolvedLimits {
+        ResolvedLimits {
+            memory_limit: self
+                .memory_limit
+                .or(defaults.memory_limit)
+                .unwrap_or(Self::DEFAULT_MEMORY_LIMIT),
+            call_timeout: self
+                .call_timeout
+                .or(defaults.call_timeout)
+                .unwrap_or(Self::DEFAULT_CALL_TIMEOUT),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedLimits {
+    pub memory_limit: u64,
+    pub call_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// MQTT 3.1.1 listener for outside clients.
+    #[serde(default = "default_broker_listen")]
+    pub listen: SocketAddr,
+    /// Topic of each group message; `{device}` and `{group}` are replaced.
+    /// The default is Neuron's topic for an app named `omh`.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_payload", deserialize_with = "units::byte_size")]
+    pub max_payload_size: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self {
+            listen: default_broker_listen(),
+            topic: default_topic(),
+            max_connections: default_max_connections(),
+            max_payload_size: default_max_payload(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSection {
+    pub listen: SocketAddr,
+    /// How often every register gets a new random value.
+    #[serde(default = "one_second", deserialize_with = "units::duration")]
+    pub update_interval: Duration,
+    pub registers: Vec<SimulatedRegister>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedRegister {
+    /// Neuron syntax, `1!40001`: slave 1, holding register 1 (offset 0).
+    pub address: String,
+    pub min: u16,
+    pub max: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    /// Driver plugin name (file stem of its `.wasm`).
+    pub driver: String,
+    /// `host:port` of the device: the only address the driver may connect to.
+    pub endpoint: String,
+    /// Handed to the driver as JSON at configure time.
+    #[serde(default)]
+    pub settings: toml::Table,
+    #[serde(default)]
+    pub limits: Limits,
+    pub groups: BTreeMap<String, GroupSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// Poll interval: one `read-group` call and one bus message per tick.
+    #[serde(deserialize_with = "units::duration")]
+    pub interval: Duration,
+    /// Transform names applied in order before the group is published.
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    pub tags: Vec<TagSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagSection {
+    pub name: String,
+    pub address: String,
+    #[serde(default, rename = "type")]
+    pub data_type: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSection {
+    pub plugin: String,
+    #[serde(default)]
+    pub settings: toml::Table,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    pub plugin: String,
+    /// `postgres://...` or `sqlite:path` (relative to the site data dir).
+    pub url: String,
+    /// MQTT topic filters the sink consumes from the bus.
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Most messages handed to the plugin in one `write` call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to fill.
+    #[serde(default = "one_second", deserialize_with = "units::duration")]
+    pub flush_interval: Duration,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_site_name() -> String {
+    "site".into()
+}
+fn default_data_dir() -> PathBuf {
+    "omh-data".into()
+}
+fn default_plugins_dir() -> PathBuf {
+    "plugins".into()
+}
+fn default_broker_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+fn default_topic() -> String {
+    "/neuron/omh/{device}/{group}".into()
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_max_payload() -> u64 {
+    1 << 20
+}
+fn default_batch_size() -> usize {
+    500
+}
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A manifest that was read, parsed and validated, with the paths in it
+/// resolved against the manifest's directory.
+#[derive(Debug)]
+pub struct LoadedManifest {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    pub plugins_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub topic: TopicTemplate,
+}
+
+#[derive(Debug)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct Problem {
+    /// Dotted key path (`devices.demo.groups.g.interval`), empty for the file.
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = problem.line {
+                write!(f, ":{line}")?;
+            }
+            if !problem.path.is_empty() {
+                write!(f, ": {}", problem.path)?;
+            }
+            write!(f, ": {}", problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+impl ManifestError {
+    fn single(file: &Path, path: String, message: String, line: Option<usize>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                path,
+                message,
+                line,
+            }],
+        }
+    }
+}
+
+pub fn load(path: &Path) -> Result<LoadedManifest, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ManifestError::single(path, String::new(), format!("cannot read: {e}"), None)
+    })?;
+    parse(path, &text)
+}
+
+/// Parses manifest `text` as if read from `path` (used for error messages
+/// and to resolve relative paths).
+pub fn parse(path: &Path, text: &str) -> Result<LoadedManifest, ManifestError> {
+    let text = env::interpolate(text, |name| std::env::var(name).ok())
+        .map_err(|message| ManifestError::single(path, String::new(), message, None))?;
+    let manifest = deserialize(path, &text)?;
+    let topic = validate::validate(&manifest).map_err(|problems| ManifestError {
+        file: path.to_path_buf(),
+        problems,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(LoadedManifest {
+        path: path.to_path_buf(),
+        plugins_dir: base.join(&manifest.plugins.dir),
+        data_dir: base.join(&manifest.site.data_dir),
+        manifest,
+        topic,
+    })
+}
+
+fn deserialize(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let line_of = |error: &toml::de::Error| {
+        error
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+        ManifestError::single(path, String::new(), e.message().to_string(), line_of(&e))
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key_path = e.path().to_string();
+        let inner = e.inner();
+        ManifestError::single(
+            path,
+            if key_path == "." {
+                String::new()
+            } else {
+                key_path
+            },
+            inner.message().trim().to_string(),
+            line_of(inner),
+        )
+    })
+}

@@ -1,0 +1,9 @@
+//! Everything about running WebAssembly plugins: finding them, compiling
+//! them (with a cache), sandboxing and supervising their instances.
+
+pub mod bindings;
+pub mod catalog;
+pub mod engine;
+pub mod runtime;
+pub mod state;
+pub mod supervisor;

@@ -1,0 +1,145 @@
+//! What one plugin instance's `Store` holds, and the host capabilities it
+//! is given. Each instance's WASI context is built from its manifest entry
+//! alone: no files, no environment, no network except a driver's endpoint.
+
+use super::bindings::sink::omh::plugin::{clock, logging, sql};
+use super::bindings::types::Error as PluginError;
+use crate::storage::{SqlValue, Storage, StorageError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// What an instance may reach beyond its own memory.
+#[derive(Clone, Default)]
+pub struct Grants {
+    /// TCP peers a driver may connect to (its manifest endpoint, resolved).
+    pub connect: Vec<SocketAddr>,
+    /// The database a sink writes through the `sql` interface.
+    pub storage: Option<Storage>,
+}
+
+pub struct PluginState {
+    /// Instance name for logs: `device:demo`, `sink:timescale`.
+    instance: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    storage: Option<Storage>,
+}
+
+impl PluginState {
+    pub fn new(instance: Arc<str>, grants: &Grants, memory_limit: u64) -> Self {
+        let mut wasi = WasiCtxBuilder::new();
+        // Guest panics print here; that message is the best clue to a trap.
+        wasi.inherit_stderr();
+        if !grants.connect.is_empty() {
+            let allowed = grants.connect.clone();
+            wasi.allow_tcp(true);
+            wasi.socket_addr_check(move |addr, purpose| {
+                let permitted = match purpose {
+                    SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                    // connect() binds implicitly to the wildcard address first.
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    _ => false,
+                };
+                Box::pin(async move { permitted })
+            });
+        }
+        Self {
+            instance,
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(memory_limit).unwrap_or(usize::MAX))
+                .trap_on_grow_failure(true)
+                .build(),
+            storage: grants.storage.clone(),
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl logging::Host for PluginState {
+    fn log(
+        &mut self,
+        level: logging::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        let fields = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let plugin = &*self.instance;
+        match level {
+            logging::Level::Trace => tracing::trace!(plugin, fields, "{message}"),
+            logging::Level::Debug => tracing::debug!(plugin, fields, "{message}"),
+            logging::Level::Info => tracing::info!(plugin, fields, "{message}"),
+            logging::Level::Warn => tracing::warn!(plugin, fields, "{message}"),
+            logging::Level::Error => tracing::error!(plugin, fields, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl clock::Host for PluginState {
+    fn now_ms(&mut self) -> wasmtime::Result<i64> {
+        Ok(unix_millis(SystemTime::now()))
+    }
+}
+
+impl super::bindings::types::Host for PluginState {}
+
+impl sql::Host for PluginState {
+    async fn execute(
+        &mut self,
+        statement: String,
+        rows: Vec<Vec<sql::SqlValue>>,
+    ) -> wasmtime::Result<Result<u64, PluginError>> {
+        let Some(storage) = &self.storage else {
+            return Ok(Err(PluginError::Unsupported(
+                "this instance has no database".into(),
+            )));
+        };
+        let rows = rows
+            .into_iter()
+            .map(|row| row.into_iter().map(SqlValue::from).collect())
+            .collect();
+        Ok(storage.execute(&statement, rows).await.map_err(|e| match e {
+            StorageError::Unreachable(m) => PluginError::Unreachable(m),
+            StorageError::Rejected(m) => PluginError::Other(m),
+        }))
+    }
+}
+
+impl From<sql::SqlValue> for SqlValue {
+    fn from(value: sql::SqlValue) -> Self {
+        match value {
+            sql::SqlValue::Null => Self::Null,
+            sql::SqlValue::Boolean(b) => Self::Bool(b),
+            sql::SqlValue::Int(i) => Self::Int(i),
+            sql::SqlValue::Float(f) => Self::Float(f),
+            sql::SqlValue::Text(t) => Self::Text(t),
+            sql::SqlValue::TimestampMs(ms) => Self::TimestampMs(ms),
+        }
+    }
+}
+
+pub fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,201 @@
+//! Supervision of one plugin instance: it owns the instance's `Store`, puts
+//! a hard deadline on every call, and after a trap, an overrun deadline or
+//! an exhausted memory limit drops the store (a trapped store is poisoned)
+//! and instantiates a fresh one after an exponential backoff. Nothing here
+//! knows which world the plugin implements: the caller passes the call.
+
+use super::bindings::types::Error as PluginError;
+use super::state::PluginState;
+use crate::status::{PluginState as Phase, StatusBoard};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An instance that lived this long before crashing starts backoff afresh.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// A live instance: its store and the bindings to call into it.
+pub struct Live<B> {
+    pub store: Store<PluginState>,
+    pub bindings: B,
+}
+
+/// Creates and configures a fresh instance (instantiate + `configure`).
+pub type Factory<B> =
+    Box<dyn Fn() -> BoxFuture<'static, Result<Live<B>, StartError>> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Instantiation trapped or failed (a bug in the plugin, or limits).
+    #[error("{0}")]
+    Crashed(String),
+    /// `configure` returned an error: settings or tags are wrong.
+    #[error("configure failed: {0}")]
+    Configure(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned an error value; the instance is fine.
+    #[error("{}", describe(.0))]
+    Plugin(PluginError),
+    /// The instance trapped, overran its deadline or exhausted memory; it
+    /// has been dropped and will be restarted.
+    #[error("plugin crashed: {0}")]
+    Crashed(String),
+    /// No instance right now: waiting out the backoff after a crash.
+    #[error("plugin restarting in {}ms after: {last_error}", .retry_in.as_millis())]
+    Restarting {
+        retry_in: Duration,
+        last_error: String,
+    },
+}
+
+pub fn describe(error: &PluginError) -> String {
+    match error {
+        PluginError::InvalidConfig(m) => format!("invalid configuration: {m}"),
+        PluginError::Unreachable(m) => format!("unreachable: {m}"),
+        PluginError::Timeout(m) => format!("timeout: {m}"),
+        PluginError::Protocol(m) => format!("protocol error: {m}"),
+        PluginError::Unsupported(m) => format!("unsupported: {m}"),
+        PluginError::Other(m) => m.clone(),
+    }
+}
+
+pub struct Supervised<B> {
+    name: Arc<str>,
+    factory: Factory<B>,
+    call_timeout: Duration,
+    memory_limit: u64,
+    live: Option<(Live<B>, Instant)>,
+    backoff: Duration,
+    retry_at: Option<(Instant, String)>,
+    restarts: u64,
+    status: StatusBoard,
+}
+
+impl<B: Send> Supervised<B> {
+    pub fn new(
+        name: Arc<str>,
+        factory: Factory<B>,
+        call_timeout: Duration,
+        memory_limit: u64,
+        status: StatusBoard,
+    ) -> Self {
+        Self {
+            name,
+            factory,
+            call_timeout,
+            memory_limit,
+            live: None,
+            backoff: FIRST_BACKOFF,
+            retry_at: None,
+            restarts: 0,
+            status,
+        }
+    }
+
+    /// Runs `call` against the live instance (starting one if needed) under
+    /// the call deadline. `call` returns the plugin's own result inside the
+    /// wasmtime result, as the generated `call_*` methods do.
+    pub async fn call<T>(
+        &mut self,
+        call: impl for<'a> FnOnce(
+            &'a B,
+            &'a mut Store<PluginState>,
+        ) -> BoxFuture<'a, wasmtime::Result<Result<T, PluginError>>>,
+    ) -> Result<T, CallError> {
+        self.ensure_live().await?;
+        let (live, _) = self.live.as_mut().expect("ensure_live leaves an instance");
+        let outcome = tokio::time::timeout(
+            self.call_timeout,
+            call(&live.bindings, &mut live.store),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(error))) => Err(CallError::Plugin(error)),
+            Ok(Err(trap)) => Err(self.crashed(self.explain_trap(&trap))),
+            Err(_elapsed) => Err(self.crashed(format!(
+                "call did not return within {} (call_timeout)",
+                humantime::format_duration(self.call_timeout)
+            ))),
+        }
+    }
+
+    async fn ensure_live(&mut self) -> Result<(), CallError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        if let Some((at, last_error)) = &self.retry_at {
+            let now = Instant::now();
+            if now < *at {
+                return Err(CallError::Restarting {
+                    retry_in: *at - now,
+                    last_error: last_error.clone(),
+                });
+            }
+        }
+        let first_start = self.retry_at.is_none() && self.restarts == 0;
+        // Instantiation and configure run under the same deadline as calls:
+        // a plugin that hangs in configure is as broken as one that hangs later.
+        let started = tokio::time::timeout(self.call_timeout, (self.factory)()).await;
+        match started {
+            Ok(Ok(live)) => {
+                if !first_start {
+                    self.restarts += 1;
+                    tracing::info!(plugin = %self.name, restarts = self.restarts, "plugin restarted");
+                }
+                self.live = Some((live, Instant::now()));
+                self.retry_at = None;
+                self.status.plugin(&self.name, Phase::Running, self.restarts, None);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(self.crashed(error.to_string())),
+            Err(_) => Err(self.crashed(format!(
+                "start did not finish within {} (call_timeout)",
+                humantime::format_duration(self.call_timeout)
+            ))),
+        }
+    }
+
+    /// Drops the instance and schedules the next start.
+    fn crashed(&mut self, reason: String) -> CallError {
+        if let Some((_, since)) = self.live.take()
+            && since.elapsed() >= HEALTHY_AFTER
+        {
+            self.backoff = FIRST_BACKOFF;
+        }
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Some((Instant::now() + delay, reason.clone()));
+        tracing::error!(
+            plugin = %self.name,
+            error = %reason,
+            retry_in_ms = delay.as_millis() as u64,
+            "plugin crashed; restarting after backoff"
+        );
+        self.status
+            .plugin(&self.name, Phase::Crashed, self.restarts, Some(&reason));
+        CallError::Crashed(reason)
+    }
+
+    fn explain_trap(&self, trap: &wasmtime::Error) -> String {
+        let text = format!("{trap:?}");
+        // With trap_on_grow_failure, exceeding the limit surfaces as a failed grow.
+        if text.contains("forcing trap when growing memory") || text.contains("memory limit") {
+            return format!(
+                "exceeded its memory limit of {} MiB",
+                self.memory_limit >> 20
+            );
+        }
+        let first_line = text.lines().next().unwrap_or("trap").to_string();
+        match trap.downcast_ref::<wasmtime::Trap>() {
+            Some(code) => format!("trapped: {code} ({first_line})"),
+            None => format!("trapped: {first_line}"),
+        }
+    }
+}

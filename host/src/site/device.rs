@@ -1,0 +1,169 @@
+//! One device: its supervised driver instance, its groups' schedules and
+//! their transform chains. The host owns the schedule: each group is read
+//! once per interval and published as one Neuron-shaped message.
+
+use crate::bus::{Publisher, neuron};
+use crate::manifest::TopicTemplate;
+use crate::plugin::bindings::types::{GroupData, Message, TagError};
+use crate::plugin::runtime::{Driver, Transform};
+use crate::plugin::state::unix_millis;
+use crate::plugin::supervisor::{CallError, Supervised};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Code in a message's `errors` when the whole group could not be read
+/// (driver down or restarting); per-tag codes come from the driver.
+const GROUP_UNAVAILABLE_CODE: i32 = -2;
+/// Code for readings a failed transform could not produce.
+const TRANSFORM_FAILED_CODE: i32 = -3;
+
+pub struct GroupSchedule {
+    pub name: String,
+    pub interval: Duration,
+    pub tags: Vec<String>,
+    pub topic: String,
+    pub transforms: Vec<(String, Supervised<Transform>)>,
+}
+
+pub struct DeviceTask {
+    pub name: Arc<str>,
+    pub driver: Supervised<Driver>,
+    pub groups: Vec<GroupSchedule>,
+    pub publisher: Publisher,
+}
+
+impl GroupSchedule {
+    pub fn new(
+        device: &str,
+        name: &str,
+        interval: Duration,
+        tags: Vec<String>,
+        topic: &TopicTemplate,
+        transforms: Vec<(String, Supervised<Transform>)>,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            interval,
+            tags,
+            topic: topic.render(device, name),
+            transforms,
+        }
+    }
+}
+
+impl DeviceTask {
+    pub async fn run(mut self) {
+        let start = Instant::now();
+        let mut due: Vec<Instant> = vec![start; self.groups.len()];
+        let mut reading_ok = true;
+        loop {
+            let (index, at) = due
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by_key(|&(_, at)| at)
+                .expect("a device has at least one group (validated)");
+            tokio::time::sleep_until(at).await;
+            let polled_at = unix_millis(SystemTime::now());
+            let message = self.poll(index, polled_at, &mut reading_ok).await;
+            let group = &self.groups[index];
+            self.publisher
+                .publish(group.topic.clone(), neuron::encode(&message), false);
+            // Fixed-rate schedule; after an overrun, skip the missed ticks
+            // rather than firing a burst.
+            let next = at + group.interval;
+            due[index] = if next < Instant::now() {
+                Instant::now() + group.interval
+            } else {
+                next
+            };
+        }
+    }
+
+    async fn poll(&mut self, index: usize, polled_at: i64, reading_ok: &mut bool) -> Message {
+        let group_name = self.groups[index].name.clone();
+        let read = self
+            .driver
+            .call(move |driver, store| {
+                Box::pin(async move {
+                    driver
+                        .omh_plugin_driver_api()
+                        .call_read_group(store, &group_name)
+                        .await
+                })
+            })
+            .await;
+        let group = &mut self.groups[index];
+        let data = match read {
+            Ok(data) => {
+                if !*reading_ok {
+                    tracing::info!(device = %self.name, "device readable again");
+                    *reading_ok = true;
+                }
+                data
+            }
+            Err(error) => {
+                // One line per change of state, not one per failed poll.
+                if *reading_ok || matches!(error, CallError::Crashed(_)) {
+                    tracing::warn!(device = %self.name, group = %group.name, %error, "cannot read group");
+                }
+                *reading_ok = false;
+                all_failed(&group.tags, GROUP_UNAVAILABLE_CODE, &error.to_string())
+            }
+        };
+        let data = apply_transforms(&self.name, group, data).await;
+        Message {
+            node: self.name.to_string(),
+            group: group.name.clone(),
+            timestamp_ms: polled_at,
+            readings: data.readings,
+            errors: data.errors,
+        }
+    }
+}
+
+/// Runs the group's readings through its chain, in order, as one batch per
+/// step. A failed step turns its input into errors: publishing unscaled
+/// values as if scaled would be worse than a gap.
+async fn apply_transforms(device: &str, group: &mut GroupSchedule, data: GroupData) -> GroupData {
+    let GroupData {
+        mut readings,
+        mut errors,
+    } = data;
+    for (name, transform) in &mut group.transforms {
+        if readings.is_empty() {
+            break;
+        }
+        let batch = Arc::new(std::mem::take(&mut readings));
+        let input = batch.clone();
+        let result = transform
+            .call(move |t, store| {
+                Box::pin(async move { t.omh_plugin_transform_api().call_process(store, &input).await })
+            })
+            .await;
+        match result {
+            Ok(output) => readings = output,
+            Err(error) => {
+                tracing::warn!(device, group = %group.name, transform = %name, %error, "transform failed");
+                let tags: Vec<String> = batch.iter().map(|r| r.tag.clone()).collect();
+                errors.extend(all_failed(&tags, TRANSFORM_FAILED_CODE, &error.to_string()).errors);
+            }
+        }
+    }
+    GroupData { readings, errors }
+}
+
+fn all_failed(tags: &[String], code: i32, message: &str) -> GroupData {
+    GroupData {
+        readings: Vec::new(),
+        errors: tags
+            .iter()
+            .map(|tag| TagError {
+                tag: tag.clone(),
+                code,
+                message: message.to_string(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,250 @@
+//! A running site: the manifest turned into simulators, a broker, supervised
+//! plugin instances and the tasks that move data between them.
+
+mod device;
+mod sink;
+
+use crate::bus::BusBuilder;
+use crate::manifest::{LoadedManifest, Manifest};
+use crate::plugin::catalog::{Catalog, PluginFile, World};
+use crate::plugin::engine::CodeSource;
+use crate::plugin::runtime::{Group, InstanceSpec, PluginRuntime, Tag};
+use crate::plugin::state::Grants;
+use crate::status::{STATUS_TOPIC_PREFIX, StatusBoard};
+use crate::storage::{Storage, StorageUrl};
+use anyhow::{Context, bail};
+use device::{DeviceTask, GroupSchedule};
+use sink::SinkTask;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Instant;
+use wasmtime::component::Component;
+
+/// Every plugin the manifest uses, resolved against the catalog. Problems
+/// are collected so `check` reports them all at once.
+pub fn resolve_plugins<'c>(
+    manifest: &Manifest,
+    catalog: &'c Catalog,
+) -> Result<HashMap<String, &'c PluginFile>, Vec<String>> {
+    let uses = manifest
+        .devices
+        .iter()
+        .map(|(n, d)| (format!("devices.{n}.driver"), &d.driver, World::Driver))
+        .chain(
+            manifest
+                .transforms
+                .iter()
+                .map(|(n, t)| (format!("transforms.{n}.plugin"), &t.plugin, World::Transform)),
+        )
+        .chain(
+            manifest
+                .sinks
+                .iter()
+                .map(|(n, s)| (format!("sinks.{n}.plugin"), &s.plugin, World::Sink)),
+        );
+    let mut found = HashMap::new();
+    let mut problems = Vec::new();
+    for (key, name, world) in uses {
+        match catalog.find(name, world) {
+            Ok(plugin) => {
+                found.insert(name.clone(), plugin);
+            }
+            Err(message) => problems.push(format!("{key}: {message}")),
+        }
+    }
+    if problems.is_empty() { Ok(found) } else { Err(problems) }
+}
+
+pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let manifest = &loaded.manifest;
+    let catalog = Catalog::scan(&loaded.plugins_dir)?;
+    for (path, reason) in &catalog.rejected {
+        tracing::warn!(file = %path.display(), "plugin rejected: {reason}");
+    }
+    let plugins = resolve_plugins(manifest, &catalog).map_err(|problems| {
+        anyhow::anyhow!("{}: {}", loaded.path.display(), problems.join("\n"))
+    })?;
+
+    let runtime = PluginRuntime::new(loaded.data_dir.join("cache").join("compiled"))?;
+    let mut components: HashMap<&str, Component> = HashMap::new();
+    for (name, plugin) in &plugins {
+        let t = Instant::now();
+        eprintln!("  loading plugin {name} ({}, {} KiB)...", plugin.world, plugin.size >> 10);
+        let (component, source) = runtime.load(&plugin.path)?;
+        let how = match source {
+            CodeSource::Cache => "from compiled-code cache",
+            CodeSource::Compiled => "compiled",
+        };
+        eprintln!("  plugin {name}: {how} in {} ms", t.elapsed().as_millis());
+        components.insert(name.as_str(), component);
+    }
+
+    for (name, simulator) in &manifest.simulators {
+        crate::simulator::start(name, simulator).await?;
+    }
+
+    let bus = BusBuilder::new(&manifest.broker);
+    let publisher = bus.publisher()?;
+    let status = StatusBoard::new(publisher.clone());
+    let defaults = &manifest.plugins.limits;
+
+    let mut sinks = Vec::new();
+    for (name, section) in &manifest.sinks {
+        let url = StorageUrl::parse(&section.url).map_err(anyhow::Error::msg)?;
+        let storage = Storage::open(&url, &loaded.data_dir)
+            .with_context(|| format!("sinks.{name}.url"))?;
+        let spec = InstanceSpec {
+            name: format!("sinks.{name}").into(),
+            limits: section.limits.resolve(defaults),
+            grants: Grants {
+                storage: Some(storage),
+                ..Grants::default()
+            },
+            settings: to_json(&section.settings),
+        };
+        let plugin = runtime.sink(&components[section.plugin.as_str()], spec.clone(), status.clone())?;
+        sinks.push(SinkTask {
+            name: spec.name,
+            plugin,
+            subscription: bus.subscription(&format!("omh-sink-{name}"), &section.topics)?,
+            batch_size: section.batch_size,
+            flush_interval: section.flush_interval,
+        });
+    }
+
+    let mut devices = Vec::new();
+    for (name, section) in &manifest.devices {
+        let endpoint = resolve_endpoint(&section.endpoint)
+            .with_context(|| format!("devices.{name}.endpoint"))?;
+        let spec = InstanceSpec {
+            name: format!("devices.{name}").into(),
+            limits: section.limits.resolve(defaults),
+            grants: Grants {
+                connect: vec![endpoint],
+                ..Grants::default()
+            },
+            settings: to_json(&section.settings),
+        };
+        let groups: Vec<Group> = section
+            .groups
+            .iter()
+            .map(|(group, g)| Group {
+                name: group.clone(),
+                tags: g
+                    .tags
+                    .iter()
+                    .map(|t| Tag {
+                        name: t.name.clone(),
+                        address: t.address.clone(),
+                        data_type: t.data_type.clone(),
+                        writable: t.writable,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let driver = runtime.driver(
+            &components[section.driver.as_str()],
+            spec.clone(),
+            endpoint.to_string(),
+            groups,
+            status.clone(),
+        )?;
+        let mut schedules = Vec::new();
+        for (group_name, group) in &section.groups {
+            let mut chain = Vec::new();
+            for transform_name in &group.transforms {
+                let t = &manifest.transforms[transform_name];
+                let spec = InstanceSpec {
+                    name: format!("devices.{name}.groups.{group_name}.transforms.{transform_name}").into(),
+                    limits: t.limits.resolve(defaults),
+                    grants: Grants::default(),
+                    settings: to_json(&t.settings),
+                };
+                let instance = runtime.transform(&components[t.plugin.as_str()], spec, status.clone())?;
+                chain.push((transform_name.clone(), instance));
+            }
+            schedules.push(GroupSchedule::new(
+                name,
+                group_name,
+                group.interval,
+                group.tags.iter().map(|t| t.name.clone()).collect(),
+                &loaded.topic,
+                chain,
+            ));
+        }
+        devices.push(DeviceTask {
+            name: name.as_str().into(),
+            driver,
+            groups: schedules,
+            publisher: publisher.clone(),
+        });
+    }
+
+    bus.start()?;
+    print_where_to_look(&loaded, started);
+    for task in sinks {
+        tokio::spawn(task.run());
+    }
+    for task in devices {
+        tokio::spawn(task.run());
+    }
+    shutdown_signal().await;
+    eprintln!("omh-host: stopping");
+    Ok(())
+}
+
+fn to_json(table: &toml::Table) -> String {
+    serde_json::to_string(table).expect("a TOML table is valid JSON")
+}
+
+/// Drivers get an IP literal: they have no DNS, and the sandbox admits
+/// exactly this address.
+fn resolve_endpoint(endpoint: &str) -> anyhow::Result<SocketAddr> {
+    let mut addrs = endpoint
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve \"{endpoint}\""))?;
+    match addrs.next() {
+        Some(addr) => Ok(addr),
+        None => bail!("\"{endpoint}\" resolves to no address"),
+    }
+}
+
+fn print_where_to_look(loaded: &LoadedManifest, started: Instant) {
+    let manifest = &loaded.manifest;
+    eprintln!(
+        "\nomh-host: site \"{}\" running ({} ms to start). Ctrl-C stops it.",
+        manifest.site.name,
+        started.elapsed().as_millis()
+    );
+    eprintln!("  MQTT broker      mqtt://{}", manifest.broker.listen);
+    for (device, section) in &manifest.devices {
+        for group in section.groups.keys() {
+            eprintln!("  group topic      {}", loaded.topic.render(device, group));
+        }
+    }
+    eprintln!("  plugin status    {STATUS_TOPIC_PREFIX}#");
+    for (name, sink) in &manifest.sinks {
+        let target = match StorageUrl::parse(&sink.url) {
+            Ok(StorageUrl::Sqlite(path)) => loaded.data_dir.join(path).display().to_string(),
+            _ => crate::storage::redact(&sink.url),
+        };
+        eprintln!("  sink {name:<11} {target}");
+    }
+    eprintln!();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

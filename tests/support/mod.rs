@@ -1,0 +1,7 @@
+//! Helpers shared by the integration tests under `tests/`.
+//!
+//! Each test binary compiles this module and uses only part of it, so
+//! unused-item warnings here say nothing about dead code.
+#![allow(dead_code)]
+
+pub mod postgres;
