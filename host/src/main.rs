@@ -142,7 +142,10 @@ fn list_plugins(manifest: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Result
         "plugins in {} (host supports {WIT_PACKAGE}@{WIT_VERSION}):",
         dir.display()
     );
-    println!("{:<24} {:<10} {:<8} {:>9}  FILE", "NAME", "WORLD", "WIT", "SIZE");
+    println!(
+        "{:<24} {:<10} {:<8} {:>9}  FILE",
+        "NAME", "WORLD", "WIT", "SIZE"
+    );
     for plugin in &catalog.plugins {
         println!(
             "{:<24} {:<10} {:<8} {:>6} KiB  {}",

@@ -136,7 +136,9 @@ impl SimulatorService {
         let registers = self.registers.read().expect("simulator registers lock");
         (0..count)
             .map(|i| {
-                let offset = start.checked_add(i).ok_or(ExceptionCode::IllegalDataAddress)?;
+                let offset = start
+                    .checked_add(i)
+                    .ok_or(ExceptionCode::IllegalDataAddress)?;
                 registers
                     .get(&RegisterAddress {
                         slave,

@@ -24,7 +24,13 @@ impl StatusBoard {
         Self { publisher }
     }
 
-    pub fn plugin(&self, instance: &str, state: PluginState, restarts: u64, last_error: Option<&str>) {
+    pub fn plugin(
+        &self,
+        instance: &str,
+        state: PluginState,
+        restarts: u64,
+        last_error: Option<&str>,
+    ) {
         let payload = serde_json::json!({
             "instance": instance,
             "state": match state {

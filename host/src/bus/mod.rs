@@ -83,7 +83,11 @@ impl BusBuilder {
     }
 
     /// A link subscribed to `filters`, for a sink.
-    pub fn subscription(&self, client_id: &str, filters: &[String]) -> anyhow::Result<Subscription> {
+    pub fn subscription(
+        &self,
+        client_id: &str,
+        filters: &[String],
+    ) -> anyhow::Result<Subscription> {
         let (mut link_tx, link_rx) = self
             .broker
             .link(client_id)
@@ -169,7 +173,9 @@ fn run_publisher(
             message.retain,
         );
         // A blocking send is right here: this is the publisher's own thread.
-        if let Err(error) = futures::executor::block_on(link_tx.send(Packet::Publish(publish, None))) {
+        if let Err(error) =
+            futures::executor::block_on(link_tx.send(Packet::Publish(publish, None)))
+        {
             tracing::error!(%error, "broker link closed; publisher stops");
             return;
         }

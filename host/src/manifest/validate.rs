@@ -51,7 +51,10 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
         }
         check_limits(&format!("{at}.limits"), &device.limits, &mut problems);
         if device.groups.is_empty() {
-            problems.add(format!("{at}.groups"), "a device needs at least one group".into());
+            problems.add(
+                format!("{at}.groups"),
+                "a device needs at least one group".into(),
+            );
         }
         for (group_name, group) in &device.groups {
             let at = format!("{at}.groups.{group_name}");
@@ -74,7 +77,10 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
                 }
             }
             if group.tags.is_empty() {
-                problems.add(format!("{at}.tags"), "a group needs at least one tag".into());
+                problems.add(
+                    format!("{at}.tags"),
+                    "a group needs at least one tag".into(),
+                );
             }
             let mut seen = HashSet::new();
             for (i, tag) in group.tags.iter().enumerate() {
@@ -87,7 +93,10 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
                     );
                 }
                 if tag.address.trim().is_empty() {
-                    problems.add(format!("{at}.tags[{i}].address"), "must not be empty".into());
+                    problems.add(
+                        format!("{at}.tags[{i}].address"),
+                        "must not be empty".into(),
+                    );
                 }
             }
         }

@@ -57,9 +57,8 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn scan(dir: &Path) -> anyhow::Result<Self> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            anyhow::anyhow!("cannot read plugins directory {}: {e}", dir.display())
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cannot read plugins directory {}: {e}", dir.display()))?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
@@ -88,7 +87,10 @@ impl Catalog {
             };
         }
         if let Some((path, reason)) = self.rejected.iter().find(|(p, _)| stem(p) == name) {
-            return Err(format!("plugin \"{name}\" ({}) was rejected: {reason}", path.display()));
+            return Err(format!(
+                "plugin \"{name}\" ({}) was rejected: {reason}",
+                path.display()
+            ));
         }
         let known: Vec<&str> = self
             .plugins
@@ -98,7 +100,11 @@ impl Catalog {
             .collect();
         Err(format!(
             "no {world} plugin \"{name}\" in the plugins directory (found: {})",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         ))
     }
 }

@@ -51,8 +51,11 @@ impl PluginEngine {
     /// Loads `path`, from the compiled-code cache when it holds this exact
     /// file compiled by a compatible engine, compiling (and caching) otherwise.
     pub fn load(&self, path: &Path) -> anyhow::Result<(Component, CodeSource)> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let cached = self.cache_dir.join(format!("{}.cwasm", self.cache_key(&bytes)));
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cached = self
+            .cache_dir
+            .join(format!("{}.cwasm", self.cache_key(&bytes)));
         if cached.exists() {
             // SAFETY: the cache directory is written only by this host (below),
             // entries are keyed by the source hash and the engine's
@@ -76,7 +79,9 @@ impl PluginEngine {
 
     fn cache_key(&self, bytes: &[u8]) -> String {
         let mut engine_hash = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
         let source: String = Sha256::digest(bytes)
             .iter()
             .take(16)
@@ -87,7 +92,9 @@ impl PluginEngine {
 
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.cache_dir)?;
-        let serialized = component.serialize().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let serialized = component
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let partial = path.with_extension(format!("partial-{}", std::process::id()));
         std::fs::write(&partial, serialized)?;
         std::fs::rename(&partial, path)?;

@@ -8,6 +8,7 @@ use super::state::{Grants, PluginState};
 use super::supervisor::{Factory, Live, StartError, Supervised, describe};
 use crate::manifest::ResolvedLimits;
 use crate::status::StatusBoard;
+use futures::future::BoxFuture;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -66,20 +67,20 @@ impl PluginRuntime {
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Driver>> {
         let pre = driver::DriverPre::new(self.driver_linker.instantiate_pre(component)?)?;
-        let engine = self.engine.engine().clone();
-        let factory_spec = spec.clone();
-        let factory: Factory<Driver> = Box::new(move || {
-            let (pre, engine, spec) = (pre.clone(), engine.clone(), factory_spec.clone());
-            let (endpoint, groups) = (endpoint.clone(), groups.clone());
-            Box::pin(async move {
-                let mut store = new_store(&engine, &spec);
+        let start = move |mut store: Store<PluginState>, settings: Arc<str>| {
+            let (pre, endpoint, groups) = (pre.clone(), endpoint.clone(), groups.clone());
+            let started: BoxFuture<'static, _> = Box::pin(async move {
                 let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
                 let api = bindings.omh_plugin_driver_api();
-                configured(api.call_configure(&mut store, &endpoint, &spec.settings, &groups).await)?;
+                configured(
+                    api.call_configure(&mut store, &endpoint, &settings, &groups)
+                        .await,
+                )?;
                 Ok(Live { store, bindings })
-            })
-        });
-        Ok(supervised(spec, factory, status))
+            });
+            started
+        };
+        Ok(self.supervised(spec, start, status))
     }
 
     pub fn transform(
@@ -89,19 +90,17 @@ impl PluginRuntime {
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Transform>> {
         let pre = transform::TransformPre::new(self.transform_linker.instantiate_pre(component)?)?;
-        let engine = self.engine.engine().clone();
-        let factory_spec = spec.clone();
-        let factory: Factory<Transform> = Box::new(move || {
-            let (pre, engine, spec) = (pre.clone(), engine.clone(), factory_spec.clone());
-            Box::pin(async move {
-                let mut store = new_store(&engine, &spec);
+        let start = move |mut store: Store<PluginState>, settings: Arc<str>| {
+            let pre = pre.clone();
+            let started: BoxFuture<'static, _> = Box::pin(async move {
                 let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
                 let api = bindings.omh_plugin_transform_api();
-                configured(api.call_configure(&mut store, &spec.settings).await)?;
+                configured(api.call_configure(&mut store, &settings).await)?;
                 Ok(Live { store, bindings })
-            })
-        });
-        Ok(supervised(spec, factory, status))
+            });
+            started
+        };
+        Ok(self.supervised(spec, start, status))
     }
 
     pub fn sink(
@@ -111,34 +110,53 @@ impl PluginRuntime {
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Sink>> {
         let pre = sink::SinkPre::new(self.sink_linker.instantiate_pre(component)?)?;
-        let engine = self.engine.engine().clone();
-        let factory_spec = spec.clone();
-        let factory: Factory<Sink> = Box::new(move || {
-            let (pre, engine, spec) = (pre.clone(), engine.clone(), factory_spec.clone());
-            Box::pin(async move {
-                let mut store = new_store(&engine, &spec);
+        let start = move |mut store: Store<PluginState>, settings: Arc<str>| {
+            let pre = pre.clone();
+            let started: BoxFuture<'static, _> = Box::pin(async move {
                 let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
                 let api = bindings.omh_plugin_sink_api();
-                configured(api.call_configure(&mut store, &spec.settings).await)?;
+                configured(api.call_configure(&mut store, &settings).await)?;
                 Ok(Live { store, bindings })
-            })
-        });
-        Ok(supervised(spec, factory, status))
+            });
+            started
+        };
+        Ok(self.supervised(spec, start, status))
+    }
+
+    /// Wraps a world-specific `start` (instantiate + configure in a fresh
+    /// store) into a supervised instance: the store is built here, from the
+    /// spec alone, so every world gets the same sandbox.
+    fn supervised<B: Send + 'static>(
+        &self,
+        spec: InstanceSpec,
+        start: impl Fn(Store<PluginState>, Arc<str>) -> BoxFuture<'static, Result<Live<B>, StartError>>
+        + Send
+        + Sync
+        + 'static,
+        status: StatusBoard,
+    ) -> Supervised<B> {
+        let engine = self.engine.engine().clone();
+        let (name, limits, grants) = (spec.name.clone(), spec.limits, spec.grants.clone());
+        let settings: Arc<str> = spec.settings.into();
+        let factory: Factory<B> =
+            Box::new(move || start(new_store(&engine, &name, &grants, limits), settings.clone()));
+        Supervised::new(
+            spec.name,
+            factory,
+            limits.call_timeout,
+            limits.memory_limit,
+            status,
+        )
     }
 }
 
-fn supervised<B: Send>(spec: InstanceSpec, factory: Factory<B>, status: StatusBoard) -> Supervised<B> {
-    Supervised::new(
-        spec.name,
-        factory,
-        spec.limits.call_timeout,
-        spec.limits.memory_limit,
-        status,
-    )
-}
-
-fn new_store(engine: &Engine, spec: &InstanceSpec) -> Store<PluginState> {
-    let state = PluginState::new(spec.name.clone(), &spec.grants, spec.limits.memory_limit);
+fn new_store(
+    engine: &Engine,
+    name: &Arc<str>,
+    grants: &Grants,
+    limits: ResolvedLimits,
+) -> Store<PluginState> {
+    let state = PluginState::new(name.clone(), grants, limits.memory_limit);
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limits);
     // Yield to tokio at every epoch tick, so a busy plugin never holds a
@@ -149,7 +167,13 @@ fn new_store(engine: &Engine, spec: &InstanceSpec) -> Store<PluginState> {
 }
 
 fn crashed(error: wasmtime::Error) -> StartError {
-    StartError::Crashed(format!("{error:?}").lines().next().unwrap_or("trap").to_string())
+    StartError::Crashed(
+        format!("{error:?}")
+            .lines()
+            .next()
+            .unwrap_or("trap")
+            .to_string(),
+    )
 }
 
 fn configured(

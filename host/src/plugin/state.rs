@@ -118,10 +118,13 @@ impl sql::Host for PluginState {
             .into_iter()
             .map(|row| row.into_iter().map(SqlValue::from).collect())
             .collect();
-        Ok(storage.execute(&statement, rows).await.map_err(|e| match e {
-            StorageError::Unreachable(m) => PluginError::Unreachable(m),
-            StorageError::Rejected(m) => PluginError::Other(m),
-        }))
+        Ok(storage
+            .execute(&statement, rows)
+            .await
+            .map_err(|e| match e {
+                StorageError::Unreachable(m) => PluginError::Unreachable(m),
+                StorageError::Rejected(m) => PluginError::Other(m),
+            }))
     }
 }
 

@@ -110,11 +110,8 @@ impl<B: Send> Supervised<B> {
     ) -> Result<T, CallError> {
         self.ensure_live().await?;
         let (live, _) = self.live.as_mut().expect("ensure_live leaves an instance");
-        let outcome = tokio::time::timeout(
-            self.call_timeout,
-            call(&live.bindings, &mut live.store),
-        )
-        .await;
+        let outcome =
+            tokio::time::timeout(self.call_timeout, call(&live.bindings, &mut live.store)).await;
         match outcome {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(error))) => Err(CallError::Plugin(error)),
@@ -151,7 +148,8 @@ impl<B: Send> Supervised<B> {
                 }
                 self.live = Some((live, Instant::now()));
                 self.retry_at = None;
-                self.status.plugin(&self.name, Phase::Running, self.restarts, None);
+                self.status
+                    .plugin(&self.name, Phase::Running, self.restarts, None);
                 Ok(())
             }
             Ok(Err(error)) => Err(self.crashed(error.to_string())),

@@ -139,7 +139,11 @@ async fn apply_transforms(device: &str, group: &mut GroupSchedule, data: GroupDa
         let input = batch.clone();
         let result = transform
             .call(move |t, store| {
-                Box::pin(async move { t.omh_plugin_transform_api().call_process(store, &input).await })
+                Box::pin(async move {
+                    t.omh_plugin_transform_api()
+                        .call_process(store, &input)
+                        .await
+                })
             })
             .await;
         match result {

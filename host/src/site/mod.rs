@@ -30,12 +30,13 @@ pub fn resolve_plugins<'c>(
         .devices
         .iter()
         .map(|(n, d)| (format!("devices.{n}.driver"), &d.driver, World::Driver))
-        .chain(
-            manifest
-                .transforms
-                .iter()
-                .map(|(n, t)| (format!("transforms.{n}.plugin"), &t.plugin, World::Transform)),
-        )
+        .chain(manifest.transforms.iter().map(|(n, t)| {
+            (
+                format!("transforms.{n}.plugin"),
+                &t.plugin,
+                World::Transform,
+            )
+        }))
         .chain(
             manifest
                 .sinks
@@ -52,7 +53,11 @@ pub fn resolve_plugins<'c>(
             Err(message) => problems.push(format!("{key}: {message}")),
         }
     }
-    if problems.is_empty() { Ok(found) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(found)
+    } else {
+        Err(problems)
+    }
 }
 
 pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
@@ -70,7 +75,11 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     let mut components: HashMap<&str, Component> = HashMap::new();
     for (name, plugin) in &plugins {
         let t = Instant::now();
-        eprintln!("  loading plugin {name} ({}, {} KiB)...", plugin.world, plugin.size >> 10);
+        eprintln!(
+            "  loading plugin {name} ({}, {} KiB)...",
+            plugin.world,
+            plugin.size >> 10
+        );
         let (component, source) = runtime.load(&plugin.path)?;
         let how = match source {
             CodeSource::Cache => "from compiled-code cache",
@@ -92,8 +101,8 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     let mut sinks = Vec::new();
     for (name, section) in &manifest.sinks {
         let url = StorageUrl::parse(&section.url).map_err(anyhow::Error::msg)?;
-        let storage = Storage::open(&url, &loaded.data_dir)
-            .with_context(|| format!("sinks.{name}.url"))?;
+        let storage =
+            Storage::open(&url, &loaded.data_dir).with_context(|| format!("sinks.{name}.url"))?;
         let spec = InstanceSpec {
             name: format!("sinks.{name}").into(),
             limits: section.limits.resolve(defaults),
@@ -103,7 +112,11 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             },
             settings: to_json(&section.settings),
         };
-        let plugin = runtime.sink(&components[section.plugin.as_str()], spec.clone(), status.clone())?;
+        let plugin = runtime.sink(
+            &components[section.plugin.as_str()],
+            spec.clone(),
+            status.clone(),
+        )?;
         sinks.push(SinkTask {
             name: spec.name,
             plugin,
@@ -156,12 +169,14 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             for transform_name in &group.transforms {
                 let t = &manifest.transforms[transform_name];
                 let spec = InstanceSpec {
-                    name: format!("devices.{name}.groups.{group_name}.transforms.{transform_name}").into(),
+                    name: format!("devices.{name}.groups.{group_name}.transforms.{transform_name}")
+                        .into(),
                     limits: t.limits.resolve(defaults),
                     grants: Grants::default(),
                     settings: to_json(&t.settings),
                 };
-                let instance = runtime.transform(&components[t.plugin.as_str()], spec, status.clone())?;
+                let instance =
+                    runtime.transform(&components[t.plugin.as_str()], spec, status.clone())?;
                 chain.push((transform_name.clone(), instance));
             }
             schedules.push(GroupSchedule::new(

@@ -68,7 +68,9 @@ impl SinkTask {
             let result = self
                 .plugin
                 .call(move |sink, store| {
-                    Box::pin(async move { sink.omh_plugin_sink_api().call_write(store, &input).await })
+                    Box::pin(
+                        async move { sink.omh_plugin_sink_api().call_write(store, &input).await },
+                    )
                 })
                 .await;
             match result {

@@ -99,7 +99,11 @@ impl Storage {
     }
 
     /// Runs `statement` once per row, all in one transaction.
-    pub async fn execute(&self, statement: &str, rows: Vec<Vec<SqlValue>>) -> Result<u64, StorageError> {
+    pub async fn execute(
+        &self,
+        statement: &str,
+        rows: Vec<Vec<SqlValue>>,
+    ) -> Result<u64, StorageError> {
         match self {
             Self::Postgres(pg) => pg.execute(statement, &rows).await,
             Self::Sqlite(db) => db.execute(statement.to_string(), rows).await,

@@ -41,7 +41,11 @@ impl PostgresStorage {
         })
     }
 
-    pub async fn execute(&self, statement: &str, rows: &[Vec<SqlValue>]) -> Result<u64, StorageError> {
+    pub async fn execute(
+        &self,
+        statement: &str,
+        rows: &[Vec<SqlValue>],
+    ) -> Result<u64, StorageError> {
         let mut slot = self.connection.lock().await;
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = Some(self.connect().await?);
@@ -76,12 +80,17 @@ impl PostgresStorage {
 }
 
 impl Connection {
-    async fn execute(&mut self, statement: &str, rows: &[Vec<SqlValue>]) -> Result<u64, StorageError> {
+    async fn execute(
+        &mut self,
+        statement: &str,
+        rows: &[Vec<SqlValue>],
+    ) -> Result<u64, StorageError> {
         let prepared = match self.statements.get(statement) {
             Some(prepared) => prepared.clone(),
             None => {
                 let prepared = self.client.prepare(statement).await.map_err(classify)?;
-                self.statements.insert(statement.to_string(), prepared.clone());
+                self.statements
+                    .insert(statement.to_string(), prepared.clone());
                 prepared
             }
         };
@@ -97,7 +106,11 @@ impl Connection {
             let prepared = &prepared;
             async move { transaction.execute(prepared, &refs).await }
         });
-        let affected: u64 = try_join_all(executions).await.map_err(classify)?.iter().sum();
+        let affected: u64 = try_join_all(executions)
+            .await
+            .map_err(classify)?
+            .iter()
+            .sum();
         transaction.commit().await.map_err(classify)?;
         Ok(affected)
     }
@@ -185,14 +198,22 @@ impl ToSql for Param<'_> {
 }
 
 fn is_text(ty: &Type) -> bool {
-    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+    matches!(
+        *ty,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
 }
 
 fn int_to_sql(i: i64, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
-    let out_of_range = || -> BoxError { format!("{i} does not fit a parameter of type {ty}").into() };
+    let out_of_range =
+        || -> BoxError { format!("{i} does not fit a parameter of type {ty}").into() };
     match *ty {
-        Type::INT2 => i16::try_from(i).map_err(|_| out_of_range())?.to_sql(ty, out),
-        Type::INT4 => i32::try_from(i).map_err(|_| out_of_range())?.to_sql(ty, out),
+        Type::INT2 => i16::try_from(i)
+            .map_err(|_| out_of_range())?
+            .to_sql(ty, out),
+        Type::INT4 => i32::try_from(i)
+            .map_err(|_| out_of_range())?
+            .to_sql(ty, out),
         _ => i.to_sql(ty, out),
     }
 }

@@ -101,23 +101,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteStorage::open(&dir.path().join("t.db")).unwrap();
         let rows = vec![
-            vec![SqlValue::TimestampMs(1_700_000_000_000), SqlValue::Int(290), SqlValue::Float(71.5)],
-            vec![SqlValue::TimestampMs(1_700_000_001_000), SqlValue::Int(291), SqlValue::Null],
+            vec![
+                SqlValue::TimestampMs(1_700_000_000_000),
+                SqlValue::Int(290),
+                SqlValue::Float(71.5),
+            ],
+            vec![
+                SqlValue::TimestampMs(1_700_000_001_000),
+                SqlValue::Int(291),
+                SqlValue::Null,
+            ],
         ];
         let n = db
-            .execute("INSERT INTO conditions(time, temperature, humidity) VALUES ($1, $2, $3)".into(), rows)
+            .execute(
+                "INSERT INTO conditions(time, temperature, humidity) VALUES ($1, $2, $3)".into(),
+                rows,
+            )
             .await
             .unwrap();
         assert_eq!(n, 2);
-        db.execute("INSERT INTO conditions(time, temperature, humidity) VALUES (now(), $1, $2)".into(), vec![vec![SqlValue::Int(1), SqlValue::Int(2)]])
-            .await
-            .unwrap();
+        db.execute(
+            "INSERT INTO conditions(time, temperature, humidity) VALUES (now(), $1, $2)".into(),
+            vec![vec![SqlValue::Int(1), SqlValue::Int(2)]],
+        )
+        .await
+        .unwrap();
         let connection = db.connection.lock().unwrap();
         let first: String = connection
-            .query_row("SELECT time FROM conditions ORDER BY time LIMIT 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT time FROM conditions ORDER BY time LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(first, "2023-11-14T22:13:20.000Z");
-        let count: i64 = connection.query_row("SELECT count(*) FROM conditions", [], |r| r.get(0)).unwrap();
+        let count: i64 = connection
+            .query_row("SELECT count(*) FROM conditions", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(count, 3);
     }
 
@@ -125,7 +145,12 @@ mod tests {
     async fn bad_sql_is_rejected_not_unreachable() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteStorage::open(&dir.path().join("t.db")).unwrap();
-        let err = db.execute("INSERT INTO nowhere VALUES ($1)".into(), vec![vec![SqlValue::Int(1)]]).await;
+        let err = db
+            .execute(
+                "INSERT INTO nowhere VALUES ($1)".into(),
+                vec![vec![SqlValue::Int(1)]],
+            )
+            .await;
         assert!(matches!(err, Err(StorageError::Rejected(_))), "{err:?}");
     }
 }

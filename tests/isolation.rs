@@ -1,0 +1,130 @@
+//! Sandbox and supervision: a plugin that traps, one that loops forever and
+//! one that allocates without bound each get dropped and restarted with
+//! backoff, while a healthy device on the same host keeps delivering.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::site::{
+    Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with,
+    test_plugins_dir, wait_for,
+};
+
+const HEALTHY_TOPIC: &str = "/neuron/omh/healthy/g";
+
+fn manifest(sim: u16) -> String {
+    let misbehaving = |mode: &str| {
+        format!(
+            r#"
+[devices.{mode}]
+driver = "misbehaving-driver"
+endpoint = "127.0.0.1:{sim}"
+settings = {{ mode = "{mode}", after = 2 }}
+[devices.{mode}.groups.g]
+interval = "100ms"
+tags = [{{ name = "counter", address = "none" }}]
+"#
+        )
+    };
+    format!(
+        r#"
+[plugins.limits]
+memory_limit = "32MiB"
+call_timeout = "1s"
+[simulators.sim]
+listen = "127.0.0.1:{sim}"
+update_interval = "100ms"
+registers = [{{ address = "1!40001", min = 280, max = 309 }}]
+[devices.healthy]
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:{sim}"
+[devices.healthy.groups.g]
+interval = "100ms"
+tags = [{{ name = "temperature", address = "1!40001" }}]
+{}{}{}"#,
+        misbehaving("trap"),
+        misbehaving("hang"),
+        misbehaving("oom"),
+    )
+}
+
+fn restarts(status: &Option<Value>) -> u64 {
+    status
+        .as_ref()
+        .and_then(|s| s["restarts"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_plugins_restart_while_a_healthy_device_keeps_delivering() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_with(
+        dir.path(),
+        &[
+            plugins_dir().join("modbus-tcp.wasm"),
+            test_plugins_dir().join("misbehaving-driver.wasm"),
+        ],
+    );
+    let mqtt_port = free_port();
+    let manifest_path = dir.path().join("site.toml");
+    let header = manifest_header(dir.path(), &plugins, mqtt_port);
+    std::fs::write(&manifest_path, header + &manifest(free_port())).unwrap();
+    let mut site = RunningSite::start(&manifest_path, &[], dir.path());
+    let mqtt = Collector::connect(mqtt_port, &[HEALTHY_TOPIC, "omh/status/plugins/#"]);
+
+    let status_of = |mode: &str| mqtt.last_on(&format!("omh/status/plugins/devices.{mode}"));
+    wait_for(
+        Duration::from_secs(20),
+        "two restarts of each misbehaving plugin",
+        &mut site,
+        async |_| {
+            ["trap", "hang", "oom"]
+                .iter()
+                .all(|mode| restarts(&status_of(mode)) >= 2)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Each failure is named for what it was.
+    let last_error = |mode: &str| {
+        let mut errors: Vec<String> = mqtt
+            .on(&format!("omh/status/plugins/devices.{mode}"))
+            .iter()
+            .filter_map(|s| s["last_error"].as_str().map(str::to_string))
+            .collect();
+        errors.pop().unwrap_or_default()
+    };
+    assert!(
+        last_error("trap").contains("trapped"),
+        "{}",
+        last_error("trap")
+    );
+    assert!(
+        last_error("hang").contains("call_timeout"),
+        "{}",
+        last_error("hang")
+    );
+    assert!(
+        last_error("oom").contains("memory limit"),
+        "{}",
+        last_error("oom")
+    );
+
+    // The healthy device kept its 100 ms rhythm throughout and still does.
+    let before = mqtt.on(HEALTHY_TOPIC).len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healthy = mqtt.on(HEALTHY_TOPIC);
+    assert!(
+        healthy.len() - before >= 12,
+        "healthy device delivered {} messages in 2 s while others crashed; log:\n{}",
+        healthy.len() - before,
+        site.log()
+    );
+    for message in &healthy[before..] {
+        let temperature = message["values"]["temperature"].as_i64().unwrap_or(-1);
+        assert!((280..=309).contains(&temperature), "{message}");
+    }
+    site.assert_alive();
+}

@@ -1,0 +1,81 @@
+//! The quickstart as README runs it: `examples/quickstart.toml`, built-in
+//! simulator, embedded broker, rows landing in the embedded SQLite file.
+//! Also checks the compiled-code cache: a second start loads from it.
+
+mod support;
+
+use std::time::Duration;
+use support::site::{Collector, RunningSite, free_port, plugins_dir, repo_root, wait_for};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_stores_rows_in_the_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let env = [
+        ("OMH_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}")),
+        ("OMH_SIMULATOR_LISTEN", format!("127.0.0.1:{}", free_port())),
+        ("OMH_PLUGINS_DIR", plugins_dir().display().to_string()),
+        ("OMH_DATA_DIR", dir.path().display().to_string()),
+    ];
+    let manifest = repo_root().join("examples/quickstart.toml");
+    let mut site = RunningSite::start(&manifest, &env, dir.path());
+    let mqtt = Collector::connect(mqtt_port, &["omh/status/plugins/#"]);
+
+    let database = dir.path().join("quickstart.db");
+    let count_rows = || -> Option<Vec<(String, f64, f64)>> {
+        let db = rusqlite::Connection::open(&database).ok()?;
+        let mut statement = db
+            .prepare("SELECT time, temperature, humidity FROM conditions ORDER BY time")
+            .ok()?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .ok()?
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        (rows.len() >= 2).then_some(rows)
+    };
+    let rows = wait_for(
+        Duration::from_secs(10),
+        "rows in quickstart.db",
+        &mut site,
+        async |_| count_rows(),
+    )
+    .await;
+    for (time, temperature, humidity) in &rows {
+        assert!(
+            time.ends_with('Z') && time.len() == 24,
+            "ISO-8601 time, got {time}"
+        );
+        assert!(
+            (280.0..=309.0).contains(temperature),
+            "temperature {temperature}"
+        );
+        assert!((700.0..=729.0).contains(humidity), "humidity {humidity}");
+    }
+
+    let status = wait_for(
+        Duration::from_secs(5),
+        "plugin status",
+        &mut site,
+        async |_| mqtt.last_on("omh/status/plugins/devices.demo"),
+    )
+    .await;
+    assert_eq!(status["state"], "running", "{status}");
+    assert!(site.log().contains("compiled in"), "first start compiles");
+
+    // Restart on the same data dir: the compiled code comes from the cache.
+    site.kill();
+    let mut again = RunningSite::start(&manifest, &env, &dir.path().join("again"));
+    wait_for(
+        Duration::from_secs(10),
+        "second start",
+        &mut again,
+        async |site| site.log().contains("running").then_some(()),
+    )
+    .await;
+    let log = again.log();
+    assert!(
+        log.contains("from compiled-code cache"),
+        "second start uses the compiled-code cache; log:\n{log}"
+    );
+}

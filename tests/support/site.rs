@@ -1,0 +1,197 @@
+//! Runs the real `omh-host` binary on a manifest, with its log captured to a
+//! file that failing assertions print, plus the pieces end-to-end tests
+//! share: free ports, the built plugins, and an MQTT client that collects.
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Directory of the built production plugins (scripts/build-plugins).
+pub fn plugins_dir() -> PathBuf {
+    built(repo_root().join("target/plugins"))
+}
+
+/// Directory of the misbehaving test plugins (scripts/build-plugins).
+pub fn test_plugins_dir() -> PathBuf {
+    built(repo_root().join("target/test-plugins"))
+}
+
+fn built(dir: PathBuf) -> PathBuf {
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run scripts/build-plugins (scripts/test does) before the tests",
+        dir.display()
+    );
+    dir
+}
+
+/// A plugins directory holding copies of the named `.wasm` files.
+pub fn plugins_with(dir: &Path, files: &[PathBuf]) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for file in files {
+        std::fs::copy(file, plugins.join(file.file_name().unwrap())).unwrap();
+    }
+    plugins
+}
+
+/// The `[site]`, `[plugins]` and `[broker]` sections of a test manifest.
+pub fn manifest_header(data_dir: &Path, plugins: &Path, mqtt_port: u16) -> String {
+    format!(
+        "[site]\ndata_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n",
+        data_dir.display(),
+        plugins.display()
+    )
+}
+
+/// A port nothing listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct RunningSite {
+    child: Child,
+    log: PathBuf,
+}
+
+impl RunningSite {
+    /// Starts `omh-host --manifest <manifest>` with `env` set.
+    pub fn start(manifest: &Path, env: &[(&str, String)], log_dir: &Path) -> Self {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let log = log_dir.join("omh-host.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_omh-host"));
+        command
+            .arg("--manifest")
+            .arg(manifest)
+            .env("OMH_LOG", "info,omh_host=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("omh-host starts");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the host's log when the process has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("omh-host exited with {status}; log:\n{}", self.log());
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningSite {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    site: &mut RunningSite,
+    mut check: impl AsyncFnMut(&RunningSite) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        site.assert_alive();
+        if let Some(value) = check(site).await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; omh-host log:\n{}",
+                site.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An outside MQTT client that records every message on its filters.
+#[derive(Clone, Default)]
+pub struct Collector {
+    messages: Arc<Mutex<HashMap<String, Vec<serde_json::Value>>>>,
+}
+
+impl Collector {
+    /// Connects to the broker at `port` (retrying while it starts) and
+    /// subscribes to `filters`.
+    pub fn connect(port: u16, filters: &[&str]) -> Self {
+        let collector = Self::default();
+        let mut options = MqttOptions::new(format!("test-{}", free_port()), "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let messages = collector.messages.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for filter in &filters {
+                            client
+                                .subscribe(filter.clone(), QoS::AtMostOnce)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let json = serde_json::from_slice(&publish.payload)
+                            .unwrap_or(serde_json::Value::Null);
+                        messages
+                            .lock()
+                            .unwrap()
+                            .entry(publish.topic)
+                            .or_default()
+                            .push(json);
+                    }
+                    Ok(_) => {}
+                    // The broker may not be up yet: retry.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        collector
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.messages
+            .lock()
+            .unwrap()
+            .get(topic)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn last_on(&self, topic: &str) -> Option<serde_json::Value> {
+        self.on(topic).pop()
+    }
+}
