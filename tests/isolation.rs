@@ -128,3 +128,55 @@ async fn misbehaving_plugins_restart_while_a_healthy_device_keeps_delivering() {
     }
     site.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_rejecting_its_configuration_fails_once_and_is_not_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let manifest_path = dir.path().join("site.toml");
+    let device = r#"
+[devices.misconfigured]
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:9"
+settings = { timeout_ms = 0 }
+[devices.misconfigured.groups.g]
+interval = "100ms"
+tags = [{ name = "t", address = "1!40001" }]
+"#;
+    let header = manifest_header(dir.path(), &plugins_dir(), mqtt_port);
+    std::fs::write(&manifest_path, header + device).unwrap();
+    let mut site = RunningSite::start(&manifest_path, &[], dir.path());
+    let mqtt = Collector::connect(
+        mqtt_port,
+        &["omh/status/plugins/#", "/neuron/omh/misconfigured/g"],
+    );
+    let topic = "omh/status/plugins/devices.misconfigured";
+
+    let status = wait_for(
+        Duration::from_secs(10),
+        "failed status",
+        &mut site,
+        async |_| mqtt.last_on(topic).filter(|s| s["state"] == "failed"),
+    )
+    .await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_ms"),
+        "{status}"
+    );
+
+    // Polls go on publishing the tags as errors, but nothing restarts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let statuses = mqtt.on(topic);
+    assert_eq!(
+        statuses.len(),
+        1,
+        "one status, no restart loop: {statuses:?}"
+    );
+    let message = mqtt
+        .last_on("/neuron/omh/misconfigured/g")
+        .expect("group still published");
+    assert!(message["errors"].get("t").is_some(), "{message}");
+}

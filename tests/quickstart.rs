@@ -7,6 +7,8 @@ mod support;
 use std::time::Duration;
 use support::site::{Collector, RunningSite, free_port, plugins_dir, repo_root, wait_for};
 
+const GROUP_TOPIC: &str = "/neuron/demo_app/demo/demo_group";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_stores_rows_in_the_embedded_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -19,7 +21,7 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     ];
     let manifest = repo_root().join("examples/quickstart.toml");
     let mut site = RunningSite::start(&manifest, &env, dir.path());
-    let mqtt = Collector::connect(mqtt_port, &["omh/status/plugins/#"]);
+    let mqtt = Collector::connect(mqtt_port, &["omh/status/plugins/#", GROUP_TOPIC]);
 
     let database = dir.path().join("quickstart.db");
     let count_rows = || -> Option<Vec<(String, f64, f64)>> {
@@ -63,8 +65,38 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     assert_eq!(status["state"], "running", "{status}");
     assert!(site.log().contains("compiled in"), "first start compiles");
 
+    // A clean stop (SIGTERM) writes what is still on its way: every group
+    // message an outside client saw is a row, found by its poll timestamp.
+    let exit = site.terminate();
+    assert!(exit.success(), "clean exit: {exit}; log:\n{}", site.log());
+    let published: Vec<i64> = mqtt
+        .on(GROUP_TOPIC)
+        .iter()
+        .map(|m| m["timestamp"].as_i64().unwrap())
+        .collect();
+    assert!(!published.is_empty());
+    let db = rusqlite::Connection::open(&database).unwrap();
+    for timestamp in published {
+        let time = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(timestamp as u64),
+        )
+        .to_string();
+        let found: i64 = db
+            .query_row(
+                "SELECT count(*) FROM conditions WHERE time = ?1",
+                [&time],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            found,
+            1,
+            "message of {time} stored exactly once; log:\n{}",
+            site.log()
+        );
+    }
+
     // Restart on the same data dir: the compiled code comes from the cache.
-    site.kill();
     let mut again = RunningSite::start(&manifest, &env, &dir.path().join("again"));
     wait_for(
         Duration::from_secs(10),

@@ -11,7 +11,10 @@ pub const STATUS_TOPIC_PREFIX: &str = "omh/status/plugins/";
 #[derive(Debug, Clone, Copy)]
 pub enum PluginState {
     Running,
+    /// Dropped after a trap, deadline or memory limit; restarting.
     Crashed,
+    /// Rejected its configuration; stays down until the manifest changes.
+    Failed,
 }
 
 #[derive(Clone)]
@@ -36,6 +39,7 @@ impl StatusBoard {
             "state": match state {
                 PluginState::Running => "running",
                 PluginState::Crashed => "crashed",
+                PluginState::Failed => "failed",
             },
             "restarts": restarts,
             "last_error": last_error,

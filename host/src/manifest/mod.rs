@@ -291,13 +291,13 @@ impl fmt::Display for ManifestError {
                 writeln!(f)?;
             }
             write!(f, "{}", self.file.display())?;
-            if let Some(line) = problem.line {
-                write!(f, ":{line}")?;
-            }
             if !problem.path.is_empty() {
                 write!(f, ": {}", problem.path)?;
             }
             write!(f, ": {}", problem.message)?;
+            if let Some(line) = problem.line {
+                write!(f, " (line {line})")?;
+            }
         }
         Ok(())
     }

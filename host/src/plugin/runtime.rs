@@ -2,6 +2,7 @@
 //! world (WASI + our host interfaces), one `Store` per instance, built with
 //! exactly the grants and limits its manifest entry gives.
 
+use super::bindings::types::Error as PluginError;
 use super::bindings::{driver, sink, transform};
 use super::engine::{CodeSource, PluginEngine};
 use super::state::{Grants, PluginState};
@@ -176,10 +177,9 @@ fn crashed(error: wasmtime::Error) -> StartError {
     )
 }
 
-fn configured(
-    outcome: wasmtime::Result<Result<(), super::bindings::types::Error>>,
-) -> Result<(), StartError> {
-    outcome
-        .map_err(crashed)?
-        .map_err(|e| StartError::Configure(describe(&e)))
+fn configured(outcome: wasmtime::Result<Result<(), PluginError>>) -> Result<(), StartError> {
+    outcome.map_err(crashed)?.map_err(|error| match error {
+        PluginError::InvalidConfig(_) => StartError::InvalidConfig(describe(&error)),
+        _ => StartError::Configure(describe(&error)),
+    })
 }

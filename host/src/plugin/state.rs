@@ -78,18 +78,19 @@ impl logging::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        let fields = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        // Plugin fields are dynamic, tracing's are static: append them to
+        // the message as `key=value`, as logfmt readers expect.
+        let mut line = message;
+        for (key, value) in &fields {
+            line.push_str(&format!(" {key}={value}"));
+        }
         let plugin = &*self.instance;
         match level {
-            logging::Level::Trace => tracing::trace!(plugin, fields, "{message}"),
-            logging::Level::Debug => tracing::debug!(plugin, fields, "{message}"),
-            logging::Level::Info => tracing::info!(plugin, fields, "{message}"),
-            logging::Level::Warn => tracing::warn!(plugin, fields, "{message}"),
-            logging::Level::Error => tracing::error!(plugin, fields, "{message}"),
+            logging::Level::Trace => tracing::trace!(plugin, "{line}"),
+            logging::Level::Debug => tracing::debug!(plugin, "{line}"),
+            logging::Level::Info => tracing::info!(plugin, "{line}"),
+            logging::Level::Warn => tracing::warn!(plugin, "{line}"),
+            logging::Level::Error => tracing::error!(plugin, "{line}"),
         }
         Ok(())
     }

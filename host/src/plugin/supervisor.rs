@@ -32,9 +32,13 @@ pub enum StartError {
     /// Instantiation trapped or failed (a bug in the plugin, or limits).
     #[error("{0}")]
     Crashed(String),
-    /// `configure` returned an error: settings or tags are wrong.
+    /// `configure` failed for a reason that may pass (device unreachable).
     #[error("configure failed: {0}")]
     Configure(String),
+    /// `configure` said the settings or tags are invalid: only a manifest
+    /// change helps, so the instance is not restarted.
+    #[error("{0}")]
+    InvalidConfig(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,10 @@ pub enum CallError {
         retry_in: Duration,
         last_error: String,
     },
+    /// The plugin rejected its configuration; it stays down until the
+    /// manifest changes.
+    #[error("plugin not running: {0}")]
+    Failed(String),
 }
 
 pub fn describe(error: &PluginError) -> String {
@@ -71,6 +79,7 @@ pub struct Supervised<B> {
     call_timeout: Duration,
     memory_limit: u64,
     live: Option<(Live<B>, Instant)>,
+    failed: Option<String>,
     backoff: Duration,
     retry_at: Option<(Instant, String)>,
     restarts: u64,
@@ -91,6 +100,7 @@ impl<B: Send> Supervised<B> {
             call_timeout,
             memory_limit,
             live: None,
+            failed: None,
             backoff: FIRST_BACKOFF,
             retry_at: None,
             restarts: 0,
@@ -127,6 +137,9 @@ impl<B: Send> Supervised<B> {
         if self.live.is_some() {
             return Ok(());
         }
+        if let Some(reason) = &self.failed {
+            return Err(CallError::Failed(reason.clone()));
+        }
         if let Some((at, last_error)) = &self.retry_at {
             let now = Instant::now();
             if now < *at {
@@ -151,6 +164,13 @@ impl<B: Send> Supervised<B> {
                 self.status
                     .plugin(&self.name, Phase::Running, self.restarts, None);
                 Ok(())
+            }
+            Ok(Err(StartError::InvalidConfig(reason))) => {
+                tracing::error!(plugin = %self.name, error = %reason, "plugin rejected its configuration; fix the manifest");
+                self.status
+                    .plugin(&self.name, Phase::Failed, self.restarts, Some(&reason));
+                self.failed = Some(reason.clone());
+                Err(CallError::Failed(reason))
             }
             Ok(Err(error)) => Err(self.crashed(error.to_string())),
             Err(_) => Err(self.crashed(format!(

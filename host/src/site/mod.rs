@@ -17,7 +17,11 @@ use device::{DeviceTask, GroupSchedule};
 use sink::SinkTask;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long a stopping site waits for its sinks to write what they hold.
+const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 use wasmtime::component::Component;
 
 /// Every plugin the manifest uses, resolved against the catalog. Problems
@@ -198,14 +202,30 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
 
     bus.start()?;
     print_where_to_look(&loaded, started);
-    for task in sinks {
-        tokio::spawn(task.run());
-    }
-    for task in devices {
-        tokio::spawn(task.run());
-    }
+    let (stop_sinks, stopping) = watch::channel(false);
+    let sink_tasks: Vec<_> = sinks
+        .into_iter()
+        .map(|task| tokio::spawn(task.run(stopping.clone())))
+        .collect();
+    let device_tasks: Vec<_> = devices
+        .into_iter()
+        .map(|task| tokio::spawn(task.run()))
+        .collect();
+
     shutdown_signal().await;
-    eprintln!("omh-host: stopping");
+    eprintln!("omh-host: stopping: devices first, then sinks write what is on the bus");
+    for task in &device_tasks {
+        task.abort();
+    }
+    stop_sinks.send_replace(true);
+    let drained =
+        tokio::time::timeout(SINK_DRAIN_TIMEOUT, futures::future::join_all(sink_tasks)).await;
+    if drained.is_err() {
+        eprintln!(
+            "omh-host: sinks did not finish within {}s (database down?); unwritten rows are lost",
+            SINK_DRAIN_TIMEOUT.as_secs()
+        );
+    }
     Ok(())
 }
 

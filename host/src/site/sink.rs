@@ -8,10 +8,13 @@ use crate::plugin::runtime::Sink;
 use crate::plugin::supervisor::Supervised;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
+/// At shutdown, the bus counts as drained once it is quiet this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 pub struct SinkTask {
     pub name: Arc<str>,
@@ -22,27 +25,47 @@ pub struct SinkTask {
 }
 
 impl SinkTask {
-    pub async fn run(mut self) {
+    /// Consumes until `stopping` turns true, then drains what is still on
+    /// its way through the bus, writes it, and returns: a clean stop loses
+    /// no message that a driver had published.
+    pub async fn run(mut self, mut stopping: watch::Receiver<bool>) {
         let mut undecodable = 0u64;
-        while let Some(batch) = self.next_batch(&mut undecodable).await {
-            self.write(batch).await;
+        loop {
+            let draining = *stopping.borrow();
+            let batch = tokio::select! {
+                batch = self.next_batch(&mut undecodable, draining) => batch,
+                _ = stopping.changed(), if !draining => continue,
+            };
+            match batch {
+                Some(batch) if !batch.is_empty() => self.write(batch).await,
+                Some(_) if draining => break,
+                Some(_) => {}
+                None => {
+                    tracing::error!(sink = %self.name, "bus closed; sink stops");
+                    return;
+                }
+            }
         }
-        tracing::error!(sink = %self.name, "bus closed; sink stops");
+        tracing::info!(sink = %self.name, "sink drained and stopped");
     }
 
     /// Waits for a first message, then gathers more until the batch is full
-    /// or the first has waited `flush_interval`.
-    async fn next_batch(&mut self, undecodable: &mut u64) -> Option<Vec<Message>> {
+    /// or the first has waited `flush_interval`. While draining, a quiet bus
+    /// ends the batch (possibly empty) instead.
+    async fn next_batch(&mut self, undecodable: &mut u64, draining: bool) -> Option<Vec<Message>> {
         let mut batch = Vec::new();
-        let mut deadline = None;
+        let mut deadline = draining.then(|| Instant::now() + DRAIN_QUIET);
         while batch.len() < self.batch_size {
             let payload = match deadline {
                 None => self.subscription.next().await?,
-                Some(deadline) => tokio::select! {
+                Some(at) => tokio::select! {
                     payload = self.subscription.next() => payload?,
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep_until(at) => break,
                 },
             };
+            if draining {
+                deadline = Some(Instant::now() + DRAIN_QUIET);
+            }
             match neuron::decode(&payload) {
                 Ok(message) => {
                     batch.push(message);
