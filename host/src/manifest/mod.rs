@@ -127,6 +127,13 @@ pub struct BrokerSection {
     /// The default is Neuron's topic for an app named `omh`.
     #[serde(default = "default_topic")]
     pub topic: String,
+    /// Where outside clients publish Neuron write requests
+    /// (`{"uuid":..,"node":..,"group":..,"tag":..,"value":..}`).
+    #[serde(default = "default_write_topic")]
+    pub write_topic: String,
+    /// Where the result of each write request is published.
+    #[serde(default = "default_write_response_topic")]
+    pub write_response_topic: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     #[serde(default = "default_max_payload", deserialize_with = "units::byte_size")]
@@ -138,6 +145,8 @@ impl Default for BrokerSection {
         Self {
             listen: default_broker_listen(),
             topic: default_topic(),
+            write_topic: default_write_topic(),
+            write_response_topic: default_write_response_topic(),
             max_connections: default_max_connections(),
             max_payload_size: default_max_payload(),
         }
@@ -245,6 +254,12 @@ fn default_broker_listen() -> SocketAddr {
 }
 fn default_topic() -> String {
     "/neuron/omh/{device}/{group}".into()
+}
+fn default_write_topic() -> String {
+    "/neuron/omh/write/req".into()
+}
+fn default_write_response_topic() -> String {
+    "/neuron/omh/write/resp".into()
 }
 fn default_max_connections() -> usize {
     1000

@@ -24,6 +24,20 @@ impl TopicTemplate {
 pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
     let mut problems = Problems::default();
     let topic = check_topic_template(&manifest.broker.topic, &mut problems);
+    for (key, topic) in [
+        ("broker.write_topic", &manifest.broker.write_topic),
+        (
+            "broker.write_response_topic",
+            &manifest.broker.write_response_topic,
+        ),
+    ] {
+        if topic.is_empty() || topic.contains(['+', '#']) {
+            problems.add(
+                key.into(),
+                format!("\"{topic}\" is not a topic name (no wildcards)"),
+            );
+        }
+    }
     check_limits("plugins.limits", &manifest.plugins.limits, &mut problems);
 
     for (name, simulator) in &manifest.simulators {

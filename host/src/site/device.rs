@@ -2,14 +2,18 @@
 //! their transform chains. The host owns the schedule: each group is read
 //! once per interval and published as one Neuron-shaped message.
 
+use super::writes::{Responder, WriteError, WriteRequest, to_plugin_value};
 use crate::bus::{Publisher, neuron};
 use crate::manifest::TopicTemplate;
+use crate::plugin::bindings::types::Error as PluginError;
 use crate::plugin::bindings::types::{GroupData, Message, TagError};
 use crate::plugin::runtime::{Driver, Transform};
 use crate::plugin::state::unix_millis;
-use crate::plugin::supervisor::{CallError, Supervised};
+use crate::plugin::supervisor::{CallError, Supervised, describe};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Code in a message's `errors` when the whole group could not be read
@@ -22,6 +26,8 @@ pub struct GroupSchedule {
     pub name: String,
     pub interval: Duration,
     pub tags: Vec<String>,
+    /// Tags the manifest marks `writable = true`.
+    pub writable: HashSet<String>,
     pub topic: String,
     pub transforms: Vec<(String, Supervised<Transform>)>,
 }
@@ -31,6 +37,8 @@ pub struct DeviceTask {
     pub driver: Supervised<Driver>,
     pub groups: Vec<GroupSchedule>,
     pub publisher: Publisher,
+    pub writes: mpsc::Receiver<WriteRequest>,
+    pub responder: Responder,
 }
 
 impl GroupSchedule {
@@ -38,14 +46,19 @@ impl GroupSchedule {
         device: &str,
         name: &str,
         interval: Duration,
-        tags: Vec<String>,
+        tags: Vec<(String, bool)>,
         topic: &TopicTemplate,
         transforms: Vec<(String, Supervised<Transform>)>,
     ) -> Self {
         Self {
             name: name.to_string(),
             interval,
-            tags,
+            writable: tags
+                .iter()
+                .filter(|(_, w)| *w)
+                .map(|(t, _)| t.clone())
+                .collect(),
+            tags: tags.into_iter().map(|(t, _)| t).collect(),
             topic: topic.render(device, name),
             transforms,
         }
@@ -64,7 +77,14 @@ impl DeviceTask {
                 .enumerate()
                 .min_by_key(|&(_, at)| at)
                 .expect("a device has at least one group (validated)");
-            tokio::time::sleep_until(at).await;
+            // Writes go between polls: one driver instance serves both.
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                Some(request) = self.writes.recv() => {
+                    self.write(request).await;
+                    continue;
+                }
+            }
             let polled_at = unix_millis(SystemTime::now());
             let message = self.poll(index, polled_at, &mut reading_ok).await;
             let group = &self.groups[index];
@@ -78,6 +98,52 @@ impl DeviceTask {
             } else {
                 next
             };
+        }
+    }
+
+    /// Checks a write against the manifest, then hands it to the driver,
+    /// which checks it against the tag's type and encodes it.
+    async fn write(&mut self, request: WriteRequest) {
+        let WriteRequest {
+            uuid,
+            group,
+            tag,
+            value,
+        } = request;
+        let responder = &self.responder;
+        let Some(schedule) = self.groups.iter().find(|g| g.name == group) else {
+            let message = format!("device \"{}\" has no group \"{group}\"", self.name);
+            return responder.failed(&uuid, WriteError::UnknownTag, &message);
+        };
+        if !schedule.tags.contains(&tag) {
+            let message = format!("group \"{group}\" has no tag \"{tag}\"");
+            return responder.failed(&uuid, WriteError::UnknownTag, &message);
+        }
+        if !schedule.writable.contains(&tag) {
+            let message = format!("tag \"{tag}\" is read-only (writable = false in the manifest)");
+            return responder.failed(&uuid, WriteError::ReadOnly, &message);
+        }
+        let Some(value) = to_plugin_value(&value) else {
+            let message = format!("{value} is not a number, boolean or string");
+            return responder.failed(&uuid, WriteError::BadValue, &message);
+        };
+        let written = self
+            .driver
+            .call(move |driver, store| {
+                Box::pin(async move {
+                    driver
+                        .omh_plugin_driver_api()
+                        .call_write_tag(store, &group, &tag, &value)
+                        .await
+                })
+            })
+            .await;
+        match written {
+            Ok(()) => responder.done(&uuid),
+            Err(CallError::Plugin(
+                error @ (PluginError::InvalidConfig(_) | PluginError::Unsupported(_)),
+            )) => responder.failed(&uuid, WriteError::BadValue, &describe(&error)),
+            Err(error) => responder.failed(&uuid, WriteError::DeviceError, &error.to_string()),
         }
     }
 

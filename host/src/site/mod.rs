@@ -3,6 +3,7 @@
 
 mod device;
 mod sink;
+mod writes;
 
 use crate::bus::BusBuilder;
 use crate::manifest::{LoadedManifest, Manifest};
@@ -18,8 +19,11 @@ use sink::SinkTask;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use writes::Responder;
 
+/// Write requests waiting for one device; beyond it requests are refused as busy.
+const WRITE_QUEUE: usize = 64;
 /// How long a stopping site waits for its sinks to write what they hold.
 const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 use wasmtime::component::Component;
@@ -130,6 +134,11 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         });
     }
 
+    let responder = Responder::new(
+        publisher.clone(),
+        manifest.broker.write_response_topic.clone(),
+    );
+    let mut write_queues = HashMap::new();
     let mut devices = Vec::new();
     for (name, section) in &manifest.devices {
         let endpoint = resolve_endpoint(&section.endpoint)
@@ -187,18 +196,30 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
                 name,
                 group_name,
                 group.interval,
-                group.tags.iter().map(|t| t.name.clone()).collect(),
+                group
+                    .tags
+                    .iter()
+                    .map(|t| (t.name.clone(), t.writable))
+                    .collect(),
                 &loaded.topic,
                 chain,
             ));
         }
+        let (write_queue, writes) = mpsc::channel(WRITE_QUEUE);
+        write_queues.insert(name.clone(), write_queue);
         devices.push(DeviceTask {
             name: name.as_str().into(),
             driver,
             groups: schedules,
             publisher: publisher.clone(),
+            writes,
+            responder: responder.clone(),
         });
     }
+    let write_requests = bus.subscription(
+        "omh-writes",
+        std::slice::from_ref(&manifest.broker.write_topic),
+    )?;
 
     bus.start()?;
     print_where_to_look(&loaded, started);
@@ -211,6 +232,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         .into_iter()
         .map(|task| tokio::spawn(task.run()))
         .collect();
+    tokio::spawn(writes::route(write_requests, write_queues, responder));
 
     shutdown_signal().await;
     eprintln!("omh-host: stopping: devices first, then sinks write what is on the bus");
@@ -259,6 +281,10 @@ fn print_where_to_look(loaded: &LoadedManifest, started: Instant) {
         }
     }
     eprintln!("  plugin status    {STATUS_TOPIC_PREFIX}#");
+    eprintln!(
+        "  tag writes       {} (answers on {})",
+        manifest.broker.write_topic, manifest.broker.write_response_topic
+    );
     for (name, sink) in &manifest.sinks {
         let target = match StorageUrl::parse(&sink.url) {
             Ok(StorageUrl::Sqlite(path)) => loaded.data_dir.join(path).display().to_string(),
