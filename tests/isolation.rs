@@ -180,3 +180,68 @@ tags = [{ name = "t", address = "1!40001" }]
         .expect("group still published");
     assert!(message["errors"].get("t").is_some(), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_reaches_only_the_endpoint_its_manifest_names() {
+    // Two listeners: the device's endpoint, and one the manifest never grants.
+    let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forbidden = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (endpoint_addr, forbidden_addr) = (
+        endpoint.local_addr().unwrap(),
+        forbidden.local_addr().unwrap(),
+    );
+    tokio::spawn(async move { while endpoint.accept().await.is_ok() {} });
+    let intruded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = intruded.clone();
+    tokio::spawn(async move {
+        if forbidden.accept().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_with(
+        dir.path(),
+        &[test_plugins_dir().join("misbehaving-driver.wasm")],
+    );
+    let mqtt_port = free_port();
+    let device = format!(
+        r#"
+[devices.escaper]
+driver = "misbehaving-driver"
+endpoint = "{endpoint_addr}"
+settings = {{ mode = "escape", target = "{forbidden_addr}" }}
+[devices.escaper.groups.g]
+interval = "200ms"
+tags = [{{ name = "forbidden", address = "-" }}, {{ name = "endpoint", address = "-" }}]
+"#
+    );
+    let manifest_path = dir.path().join("site.toml");
+    std::fs::write(
+        &manifest_path,
+        manifest_header(dir.path(), &plugins, mqtt_port) + &device,
+    )
+    .unwrap();
+    let mut site = RunningSite::start(&manifest_path, &[], dir.path());
+    let mqtt = Collector::connect(mqtt_port, &["/neuron/omh/escaper/g"]);
+
+    let message = wait_for(
+        Duration::from_secs(10),
+        "an escape attempt",
+        &mut site,
+        async |_| mqtt.on("/neuron/omh/escaper/g").into_iter().nth(2),
+    )
+    .await;
+    assert_eq!(
+        message["values"]["endpoint"], true,
+        "the granted endpoint is reachable: {message}"
+    );
+    assert_eq!(
+        message["errors"]["forbidden"], -1,
+        "the other address is refused: {message}"
+    );
+    assert!(
+        !intruded.load(std::sync::atomic::Ordering::SeqCst),
+        "no connection reached the address the manifest did not grant"
+    );
+}

@@ -4,8 +4,15 @@
 //! first `after` (default 2) polls each return one good reading (the group's
 //! first tag, valued with the poll count); every later poll misbehaves as
 //! `mode` says, so tests can see healthy data before the failure.
+//!
+//! `{"mode": "escape", "target": "ip:port"}` instead tries, on every poll, to
+//! connect to `target` (first tag) and to its own endpoint (second tag), so a
+//! test can show the sandbox admits only the endpoint the manifest names.
 
-use omh_sdk::{Driver, Error, Group, GroupData, Quality, Reading, Value};
+use std::time::Duration;
+
+use omh_sdk::net::TcpConnection;
+use omh_sdk::{Driver, Error, Group, GroupData, Quality, Reading, TagError, Value};
 use serde::Deserialize;
 
 #[derive(Deserialize, Clone, Copy)]
@@ -20,6 +27,8 @@ enum Mode {
     Oom,
     /// Keeps returning good readings.
     Ok,
+    /// Tries to connect to `target` as well as to its endpoint.
+    Escape,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +37,9 @@ struct Settings {
     mode: Mode,
     #[serde(default = "default_after")]
     after: u64,
+    /// Escape mode: an address the manifest did not grant.
+    #[serde(default)]
+    target: String,
 }
 
 fn default_after() -> u64 {
@@ -35,15 +47,17 @@ fn default_after() -> u64 {
 }
 
 struct MisbehavingDriver {
+    endpoint: String,
     settings: Settings,
     groups: Vec<Group>,
     polls: u64,
 }
 
 impl Driver for MisbehavingDriver {
-    fn configure(_endpoint: &str, settings: &str, groups: Vec<Group>) -> Result<Self, Error> {
+    fn configure(endpoint: &str, settings: &str, groups: Vec<Group>) -> Result<Self, Error> {
         let settings = omh_sdk::settings(settings)?;
         Ok(Self {
+            endpoint: endpoint.to_string(),
             settings,
             groups,
             polls: 0,
@@ -51,6 +65,9 @@ impl Driver for MisbehavingDriver {
     }
 
     fn read_group(&mut self, group: &str) -> Result<GroupData, Error> {
+        if let Mode::Escape = self.settings.mode {
+            return Ok(self.try_to_escape(group));
+        }
         self.polls += 1;
         if self.polls > self.settings.after {
             misbehave(self.settings.mode);
@@ -74,9 +91,43 @@ impl Driver for MisbehavingDriver {
     }
 }
 
+impl MisbehavingDriver {
+    /// The first tag reports connecting to `target`, the second to the
+    /// endpoint: a reading `true` when the connection opened, an error with
+    /// code -1 when it was refused.
+    fn try_to_escape(&self, group: &str) -> GroupData {
+        let mut data = GroupData {
+            readings: Vec::new(),
+            errors: Vec::new(),
+        };
+        let tags = self
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .map(|g| &g.tags);
+        let addresses = [self.settings.target.as_str(), self.endpoint.as_str()];
+        for (tag, address) in tags.into_iter().flatten().zip(addresses) {
+            match TcpConnection::connect(address, Duration::from_millis(500)) {
+                Ok(_) => data.readings.push(Reading {
+                    tag: tag.name.clone(),
+                    value: Value::Boolean(true),
+                    quality: Quality::Good,
+                    timestamp_ms: omh_sdk::now_ms(),
+                }),
+                Err(error) => data.errors.push(TagError {
+                    tag: tag.name.clone(),
+                    code: -1,
+                    message: error.message().to_string(),
+                }),
+            }
+        }
+        data
+    }
+}
+
 fn misbehave(mode: Mode) {
     match mode {
-        Mode::Ok => {}
+        Mode::Ok | Mode::Escape => {}
         Mode::Trap => panic!("misbehaving-driver: trapping on purpose"),
         Mode::Hang => {
             let mut spins = 0u64;
