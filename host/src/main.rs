@@ -2,6 +2,7 @@
 //! through WebAssembly driver plugins, publishes their data on an embedded
 //! MQTT broker, and stores it through sink plugins, all from one manifest.
 
+mod buffer;
 mod bus;
 mod manifest;
 mod plugin;

@@ -7,9 +7,13 @@ pub mod neuron;
 use crate::manifest::BrokerSection;
 use anyhow::Context;
 use bytes::Bytes;
+use futures::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use rumqttd::{
+    Broker, Config, ConnectionSettings, MetricSettings, MetricType, Notification, RouterConfig,
+    ServerSettings,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +61,12 @@ impl BusBuilder {
                 shared_subscriptions_strategy: Default::default(),
             },
             v4: Some(HashMap::from([("mqtt-v4".to_string(), server)])),
+            // Alerts are how rumqttd reports skipping a slow subscriber.
+            metrics: Some(HashMap::from([(
+                MetricType::Alerts,
+                serde_json::from_value::<MetricSettings>(serde_json::json!({ "push_interval": 1 }))
+                    .expect("valid metric settings"),
+            )])),
             ..Default::default()
         };
         Self {
@@ -101,6 +111,32 @@ impl BusBuilder {
             _link_tx: link_tx,
             link_rx,
         })
+    }
+
+    /// Logs, with a running count, every time the broker skips a subscriber
+    /// ahead because it fell more than its log behind: those messages never
+    /// reach it. Sinks hand messages to their disk buffer at once, so this
+    /// should stay silent; if not, it must not be silent.
+    pub fn report_skips(&self) -> anyhow::Result<()> {
+        let alerts = self
+            .broker
+            .alerts()
+            .map_err(|e| anyhow::anyhow!("cannot link to broker alerts: {e}"))?;
+        std::thread::Builder::new()
+            .name("omh-bus-alerts".into())
+            .spawn(move || {
+                let mut skips = 0u64;
+                while let Ok(batch) = alerts.router_rx.recv() {
+                    for alert in batch.iter().filter(|a| a.kind.name() == "cursor_jump") {
+                        skips += 1;
+                        tracing::error!(
+                            client = %alert.client_id, detail = %alert.kind.description(), skips,
+                            "bus skipped a slow subscriber ahead: messages lost for it"
+                        );
+                    }
+                }
+            })?;
+        Ok(())
     }
 
     /// Starts the MQTT listener on its own thread.
@@ -190,6 +226,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Waits for a message, then takes up to `max` that have already
+    /// arrived. `None` when the broker has gone away.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<Bytes>> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            // rumqttd hands a link its messages in bunches; take the rest of
+            // this bunch without waiting (an empty poll loses nothing).
+            match self.link_rx.next().now_or_never() {
+                Some(Ok(Some(Notification::Forward(forward)))) => {
+                    batch.push(forward.publish.payload)
+                }
+                Some(Ok(Some(Notification::Unschedule))) => {
+                    if self.link_rx.wake().await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        Some(batch)
+    }
+
     /// The next message's payload. `None` when the broker has gone away.
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {

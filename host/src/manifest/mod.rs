@@ -236,6 +236,13 @@ pub struct SinkSection {
     /// Longest a message waits for its batch to fill.
     #[serde(default = "one_second", deserialize_with = "units::duration")]
     pub flush_interval: Duration,
+    /// Disk the sink's store-and-forward buffer may use while the database
+    /// is behind or down; when full, the oldest undelivered messages go.
+    #[serde(
+        default = "default_buffer_max_bytes",
+        deserialize_with = "units::byte_size"
+    )]
+    pub buffer_max_bytes: u64,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -269,6 +276,9 @@ fn default_max_payload() -> u64 {
 }
 fn default_batch_size() -> usize {
     500
+}
+fn default_buffer_max_bytes() -> u64 {
+    1 << 30
 }
 fn one_second() -> Duration {
     Duration::from_secs(1)

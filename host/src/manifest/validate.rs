@@ -143,6 +143,16 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
         if sink.batch_size == 0 {
             problems.add(format!("{at}.batch_size"), "0 is not a batch size".into());
         }
+        if sink.buffer_max_bytes < crate::site::MIN_BUFFER_BYTES {
+            problems.add(
+                format!("{at}.buffer_max_bytes"),
+                format!(
+                    "{} bytes is too small for a buffer (at least {} MiB)",
+                    sink.buffer_max_bytes,
+                    crate::site::MIN_BUFFER_BYTES >> 20
+                ),
+            );
+        }
         check_limits(&format!("{at}.limits"), &sink.limits, &mut problems);
     }
 

@@ -8,6 +8,7 @@ pub mod sink {
         world: "sink",
         imports: {
             "omh:plugin/sql.execute": async | trappable,
+            "omh:plugin/sql.copy-rows": async | trappable,
             default: trappable,
         },
         exports: { default: async },

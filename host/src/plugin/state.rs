@@ -4,7 +4,7 @@
 
 use super::bindings::sink::omh::plugin::{clock, logging, sql};
 use super::bindings::types::Error as PluginError;
-use crate::storage::{SqlValue, Storage, StorageError};
+use crate::storage::{SqlValue, Storage, StorageError, WriteOp};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -110,23 +110,50 @@ impl sql::Host for PluginState {
         statement: String,
         rows: Vec<Vec<sql::SqlValue>>,
     ) -> wasmtime::Result<Result<u64, PluginError>> {
-        let Some(storage) = &self.storage else {
-            return Ok(Err(PluginError::Unsupported(
-                "this instance has no database".into(),
-            )));
-        };
-        let rows = rows
-            .into_iter()
-            .map(|row| row.into_iter().map(SqlValue::from).collect())
-            .collect();
-        Ok(storage
-            .execute(&statement, rows)
-            .await
-            .map_err(|e| match e {
-                StorageError::Unreachable(m) => PluginError::Unreachable(m),
-                StorageError::Rejected(m) => PluginError::Other(m),
-            }))
+        Ok(write_through(
+            self.storage.clone(),
+            WriteOp::Execute {
+                statement,
+                rows: to_host_rows(rows),
+            },
+        )
+        .await)
     }
+
+    async fn copy_rows(
+        &mut self,
+        table: String,
+        columns: Vec<String>,
+        rows: Vec<Vec<sql::SqlValue>>,
+    ) -> wasmtime::Result<Result<u64, PluginError>> {
+        Ok(write_through(
+            self.storage.clone(),
+            WriteOp::Copy {
+                table,
+                columns,
+                rows: to_host_rows(rows),
+            },
+        )
+        .await)
+    }
+}
+
+async fn write_through(storage: Option<Storage>, op: WriteOp) -> Result<u64, PluginError> {
+    let Some(storage) = storage else {
+        return Err(PluginError::Unsupported(
+            "this instance has no database".into(),
+        ));
+    };
+    storage.write(op).await.map_err(|e| match e {
+        StorageError::Unreachable(m) => PluginError::Unreachable(m),
+        StorageError::Rejected(m) => PluginError::Other(m),
+    })
+}
+
+fn to_host_rows(rows: Vec<Vec<sql::SqlValue>>) -> Vec<Vec<SqlValue>> {
+    rows.into_iter()
+        .map(|row| row.into_iter().map(SqlValue::from).collect())
+        .collect()
 }
 
 impl From<sql::SqlValue> for SqlValue {

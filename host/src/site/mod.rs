@@ -5,6 +5,8 @@ mod device;
 mod sink;
 mod writes;
 
+pub use sink::MIN_BUFFER_BYTES;
+
 use crate::bus::BusBuilder;
 use crate::manifest::{LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
@@ -115,7 +117,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             name: format!("sinks.{name}").into(),
             limits: section.limits.resolve(defaults),
             grants: Grants {
-                storage: Some(storage),
+                storage: Some(storage.clone()),
                 ..Grants::default()
             },
             settings: to_json(&section.settings),
@@ -125,10 +127,15 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             spec.clone(),
             status.clone(),
         )?;
+        let buffer = sink::open_buffer(&loaded.data_dir, name, section.buffer_max_bytes)
+            .with_context(|| format!("sinks.{name}: buffer"))?;
         sinks.push(SinkTask {
             name: spec.name,
+            progress_key: format!("{}/{name}", manifest.site.name),
             plugin,
+            storage,
             subscription: bus.subscription(&format!("omh-sink-{name}"), &section.topics)?,
+            buffer,
             batch_size: section.batch_size,
             flush_interval: section.flush_interval,
         });
@@ -221,6 +228,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         std::slice::from_ref(&manifest.broker.write_topic),
     )?;
 
+    bus.report_skips()?;
     bus.start()?;
     print_where_to_look(&loaded, started);
     let (stop_sinks, stopping) = watch::channel(false);
@@ -244,7 +252,8 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         tokio::time::timeout(SINK_DRAIN_TIMEOUT, futures::future::join_all(sink_tasks)).await;
     if drained.is_err() {
         eprintln!(
-            "omh-host: sinks did not finish within {}s (database down?); unwritten rows are lost",
+            "omh-host: sinks did not finish within {}s (database down?); \
+             what they hold stays in their buffers and is written at the next start",
             SINK_DRAIN_TIMEOUT.as_secs()
         );
     }

@@ -1,16 +1,32 @@
-//! One sink: consumes its topic filters from the bus, batches messages and
-//! hands each batch to its plugin, retrying a failed batch until it is
-//! written (a database outage delays rows; it does not drop them).
+//! One sink, as two tasks joined by its disk buffer:
+//!
+//! - the consumer moves messages from the bus into the buffer as they
+//!   arrive, so the bus never waits for the database (rumqttd would skip a
+//!   slow subscriber ahead and lose messages);
+//! - the writer takes batches from the buffer, has the plugin write them,
+//!   and commits each batch together with the buffer position it reached.
+//!
+//! A database outage or a restart therefore delays rows and loses none, and
+//! replaying after a crash skips what the database already holds: the
+//! committed position comes from the database itself, not from our memory.
 
+use crate::buffer::{self, BufferReader, BufferWriter, Record};
 use crate::bus::{Subscription, neuron};
 use crate::plugin::bindings::types::Message;
 use crate::plugin::runtime::Sink;
 use crate::plugin::supervisor::Supervised;
+use crate::storage::{Progress, Storage};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::task::JoinHandle;
 
+/// The smallest `buffer_max_bytes` a manifest may set.
+pub const MIN_BUFFER_BYTES: u64 = 1 << 20;
+const MAX_SEGMENT_BYTES: u64 = 16 << 20;
+/// Most bus messages appended (and fsynced) together.
+const CONSUME_BATCH: usize = 4096;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// At shutdown, the bus counts as drained once it is quiet this long.
@@ -18,101 +34,259 @@ const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 pub struct SinkTask {
     pub name: Arc<str>,
+    /// The sink's key in the database's progress table: site and sink.
+    pub progress_key: String,
     pub plugin: Supervised<Sink>,
+    pub storage: Storage,
     pub subscription: Subscription,
+    pub buffer: (BufferWriter, BufferReader),
     pub batch_size: usize,
     pub flush_interval: Duration,
 }
 
+/// Opens the sink's buffer under the site's data directory.
+pub fn open_buffer(
+    data_dir: &Path,
+    sink: &str,
+    max_bytes: u64,
+) -> anyhow::Result<(BufferWriter, BufferReader)> {
+    let limits = buffer::Limits {
+        max_bytes,
+        segment_bytes: (max_bytes / 8).min(MAX_SEGMENT_BYTES),
+    };
+    buffer::open(&data_dir.join("buffer").join(sink), limits)
+}
+
 impl SinkTask {
-    /// Consumes until `stopping` turns true, then drains what is still on
-    /// its way through the bus, writes it, and returns: a clean stop loses
-    /// no message that a driver had published.
-    pub async fn run(mut self, mut stopping: watch::Receiver<bool>) {
-        let mut undecodable = 0u64;
+    /// Runs until `stopping` turns true; then the consumer drains the bus
+    /// into the buffer and the writer writes what the buffer holds. What
+    /// the writer cannot write before the site gives up stays on disk for
+    /// the next start.
+    pub async fn run(self, stopping: watch::Receiver<bool>) {
+        let (buffer_writer, reader) = self.buffer;
+        let consumer = tokio::spawn(consume(
+            self.name.clone(),
+            self.subscription,
+            buffer_writer,
+            stopping.clone(),
+        ));
+        let writer = Writer {
+            name: self.name,
+            progress_key: self.progress_key,
+            plugin: self.plugin,
+            storage: self.storage,
+            reader,
+            committed: None,
+            undecodable: 0,
+        };
+        writer
+            .run(self.batch_size, self.flush_interval, consumer, stopping)
+            .await;
+    }
+}
+
+/// Bus to buffer, never waiting on the database.
+async fn consume(
+    name: Arc<str>,
+    mut subscription: Subscription,
+    mut buffer: BufferWriter,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let draining = *stopping.borrow();
+        let payloads = tokio::select! {
+            payloads = subscription.next_batch(CONSUME_BATCH) => payloads,
+            _ = stopping.changed(), if !draining => continue,
+            _ = tokio::time::sleep(DRAIN_QUIET), if draining => break,
+        };
+        let Some(payloads) = payloads else {
+            tracing::error!(sink = %name, "bus closed; sink stops consuming");
+            return;
+        };
+        let mut retry = FIRST_RETRY;
+        while let Err(error) = buffer.append(payloads.clone()).await {
+            // Disk full or failing: the bus keeps the messages for a while.
+            tracing::error!(sink = %name, %error, "cannot append to the sink's buffer; retrying");
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(MAX_RETRY);
+        }
+    }
+    tracing::debug!(sink = %name, "bus drained into the buffer");
+}
+
+/// Buffer to database.
+struct Writer {
+    name: Arc<str>,
+    progress_key: String,
+    plugin: Supervised<Sink>,
+    storage: Storage,
+    reader: BufferReader,
+    /// The database's committed position, once asked (and asked again
+    /// whenever a commit's outcome is unknown).
+    committed: Option<u64>,
+    undecodable: u64,
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        batch_size: usize,
+        flush_interval: Duration,
+        consumer: JoinHandle<()>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
         loop {
             let draining = *stopping.borrow();
-            let batch = tokio::select! {
-                batch = self.next_batch(&mut undecodable, draining) => batch,
+            if draining && consumer.is_finished() && self.reader.available() == 0 {
+                break;
+            }
+            let linger = if draining {
+                Duration::ZERO
+            } else {
+                flush_interval
+            };
+            let records = tokio::select! {
+                records = self.reader.next_batch(batch_size, linger) => records,
                 _ = stopping.changed(), if !draining => continue,
+                // Look again whether the consumer has finished.
+                _ = tokio::time::sleep(DRAIN_QUIET), if draining => continue,
             };
-            match batch {
-                Some(batch) if !batch.is_empty() => self.write(batch).await,
-                Some(_) if draining => break,
-                Some(_) => {}
-                None => {
-                    tracing::error!(sink = %self.name, "bus closed; sink stops");
-                    return;
-                }
-            }
-        }
-        tracing::info!(sink = %self.name, "sink drained and stopped");
-    }
-
-    /// Waits for a first message, then gathers more until the batch is full
-    /// or the first has waited `flush_interval`. While draining, a quiet bus
-    /// ends the batch (possibly empty) instead.
-    async fn next_batch(&mut self, undecodable: &mut u64, draining: bool) -> Option<Vec<Message>> {
-        let mut batch = Vec::new();
-        let mut deadline = draining.then(|| Instant::now() + DRAIN_QUIET);
-        while batch.len() < self.batch_size {
-            let payload = match deadline {
-                None => self.subscription.next().await?,
-                Some(at) => tokio::select! {
-                    payload = self.subscription.next() => payload?,
-                    _ = tokio::time::sleep_until(at) => break,
-                },
-            };
-            if draining {
-                deadline = Some(Instant::now() + DRAIN_QUIET);
-            }
-            match neuron::decode(&payload) {
-                Ok(message) => {
-                    batch.push(message);
-                    deadline.get_or_insert_with(|| Instant::now() + self.flush_interval);
-                }
+            match records {
+                Ok(records) if records.is_empty() => break,
+                Ok(records) => self.deliver(records).await,
                 Err(error) => {
-                    *undecodable += 1;
-                    if undecodable.is_power_of_two() {
-                        tracing::warn!(sink = %self.name, %error, count = *undecodable, "skipping message that is not a group message");
-                    }
+                    tracing::error!(sink = %self.name, %error, "cannot read the sink's buffer");
+                    tokio::time::sleep(MAX_RETRY).await;
                 }
             }
         }
-        Some(batch)
+        let pending = self.reader.stats().pending;
+        tracing::info!(sink = %self.name, pending, "sink stopped");
     }
 
-    async fn write(&mut self, batch: Vec<Message>) {
-        let batch = Arc::new(batch);
+    /// Writes one batch, retrying until it is committed.
+    async fn deliver(&mut self, records: Vec<Record>) {
+        let last = records.last().expect("a batch is never empty").seq;
+        let batch = self.decode(records);
         let mut retry = FIRST_RETRY;
         let mut failures = 0u32;
         loop {
-            let input = batch.clone();
-            let result = self
-                .plugin
-                .call(move |sink, store| {
-                    Box::pin(
-                        async move { sink.omh_plugin_sink_api().call_write(store, &input).await },
-                    )
-                })
-                .await;
-            match result {
+            match self.write(&batch, last).await {
                 Ok(rows) => {
                     if failures > 0 {
                         tracing::info!(sink = %self.name, rows, attempts = failures + 1, "batch written after retrying");
                     }
-                    tracing::debug!(sink = %self.name, messages = batch.len(), rows, "batch written");
-                    return;
+                    tracing::debug!(sink = %self.name, messages = batch.seqs.len(), rows, last, "batch committed");
+                    break;
                 }
                 Err(error) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(sink = %self.name, %error, attempts = failures, messages = batch.len(), "cannot write batch; retrying");
+                        let pending = self.reader.stats().pending;
+                        tracing::warn!(sink = %self.name, %error, attempts = failures, pending, "cannot write batch; it stays buffered, retrying");
                     }
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(MAX_RETRY);
                 }
             }
+        }
+        if let Err(error) = self.reader.ack(last) {
+            // Only costs a replay, which the committed position dedups.
+            tracing::warn!(sink = %self.name, %error, "cannot record delivery in the buffer");
+        }
+    }
+
+    fn decode(&mut self, records: Vec<Record>) -> Batch {
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut messages = Vec::with_capacity(records.len());
+        for record in records {
+            match neuron::decode(&record.payload) {
+                Ok(message) => {
+                    seqs.push(record.seq);
+                    messages.push(message);
+                }
+                Err(error) => {
+                    self.undecodable += 1;
+                    if self.undecodable.is_power_of_two() {
+                        tracing::warn!(sink = %self.name, %error, count = self.undecodable, "skipping message that is not a group message");
+                    }
+                }
+            }
+        }
+        Batch {
+            seqs,
+            messages: Arc::new(messages),
+        }
+    }
+
+    /// One attempt: the plugin's writes and the new position in one
+    /// transaction.
+    async fn write(&mut self, batch: &Batch, last: u64) -> Result<u64, String> {
+        let committed = match self.committed {
+            Some(position) => position,
+            None => {
+                let position = self
+                    .storage
+                    .committed_position(&self.progress_key, self.reader.id())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.committed = Some(position);
+                position
+            }
+        };
+        let fresh = batch.after(committed);
+        self.storage
+            .begin_batch()
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = if fresh.is_empty() {
+            0
+        } else {
+            let written = self
+                .plugin
+                .call(move |sink, store| {
+                    Box::pin(
+                        async move { sink.omh_plugin_sink_api().call_write(store, &fresh).await },
+                    )
+                })
+                .await;
+            match written {
+                Ok(rows) => rows,
+                Err(error) => {
+                    self.storage.rollback_batch().await;
+                    return Err(error.to_string());
+                }
+            }
+        };
+        let progress = Progress {
+            sink: &self.progress_key,
+            buffer_id: self.reader.id(),
+            position: last,
+        };
+        if let Err(error) = self.storage.commit_batch(progress).await {
+            // The COMMIT may have happened with its reply lost: ask the
+            // database before writing anything again.
+            self.committed = None;
+            return Err(error.to_string());
+        }
+        self.committed = Some(last);
+        Ok(rows)
+    }
+}
+
+/// Decoded messages with their buffer sequence numbers.
+struct Batch {
+    seqs: Vec<u64>,
+    messages: Arc<Vec<Message>>,
+}
+
+impl Batch {
+    /// The messages after `committed`: all of them, except when replaying
+    /// what was written before a crash or a lost COMMIT reply.
+    fn after(&self, committed: u64) -> Arc<Vec<Message>> {
+        match self.seqs.partition_point(|seq| *seq <= committed) {
+            0 => self.messages.clone(),
+            skip => Arc::new(self.messages[skip..].to_vec()),
         }
     }
 }

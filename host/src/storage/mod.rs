@@ -79,7 +79,71 @@ fn system_time(ms: i64) -> SystemTime {
     }
 }
 
+/// One write a plugin asks for through the `sql` interface.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// `statement` once per row, `$n` bound to the row's values.
+    Execute {
+        statement: String,
+        rows: Vec<Vec<SqlValue>>,
+    },
+    /// Rows appended to `table`'s `columns` in the fastest way the database
+    /// has: binary `COPY` on PostgreSQL.
+    Copy {
+        table: String,
+        columns: Vec<String>,
+        rows: Vec<Vec<SqlValue>>,
+    },
+}
+
+/// How far a sink's buffer has been committed to this database, written in
+/// the same transaction as the rows: replaying after a crash or an outage
+/// skips exactly what is already in, so no row is written twice.
+#[derive(Debug, Clone)]
+pub struct Progress<'a> {
+    pub sink: &'a str,
+    /// Identity of the sink's disk buffer (its sequence numbers' namespace).
+    pub buffer_id: &'a str,
+    pub position: u64,
+}
+
+/// The host's bookkeeping table, created on first use in every database a
+/// sink writes to.
+const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS omh_sink_progress (
+    sink       TEXT PRIMARY KEY,
+    buffer_id  TEXT NOT NULL,
+    position   BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+)";
+const SELECT_PROGRESS: &str = "SELECT buffer_id, position FROM omh_sink_progress WHERE sink = $1";
+const UPSERT_PROGRESS: &str = "INSERT INTO omh_sink_progress (sink, buffer_id, position, updated_at)
+    VALUES ($1, $2, $3, now())
+    ON CONFLICT (sink) DO UPDATE
+    SET buffer_id = excluded.buffer_id, position = excluded.position, updated_at = excluded.updated_at";
+
+/// A position recorded for another buffer (the data dir was replaced)
+/// says nothing about this one.
+fn position_for(recorded: Option<(String, i64)>, buffer_id: &str) -> u64 {
+    match recorded {
+        Some((id, position)) if id == buffer_id => u64::try_from(position).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `schema.table` or `column` as a quoted SQL identifier, so a name from a
+/// plugin's settings cannot inject SQL.
+fn quote_identifier(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// One sink's database. Cheap to clone; each clone shares the connection.
+///
+/// Writes made between [`Storage::begin_batch`] and
+/// [`Storage::commit_batch`] form one transaction with the sink's progress;
+/// a write outside a batch is a transaction of its own.
 #[derive(Clone)]
 pub enum Storage {
     Postgres(postgres::PostgresStorage),
@@ -98,15 +162,45 @@ impl Storage {
         })
     }
 
-    /// Runs `statement` once per row, all in one transaction.
-    pub async fn execute(
+    pub async fn write(&self, op: WriteOp) -> Result<u64, StorageError> {
+        match self {
+            Self::Postgres(pg) => pg.write(op).await,
+            Self::Sqlite(db) => db.write(op).await,
+        }
+    }
+
+    /// Where this sink's last committed batch ended (0: nothing yet).
+    pub async fn committed_position(
         &self,
-        statement: &str,
-        rows: Vec<Vec<SqlValue>>,
+        sink: &str,
+        buffer_id: &str,
     ) -> Result<u64, StorageError> {
         match self {
-            Self::Postgres(pg) => pg.execute(statement, &rows).await,
-            Self::Sqlite(db) => db.execute(statement.to_string(), rows).await,
+            Self::Postgres(pg) => pg.committed_position(sink, buffer_id).await,
+            Self::Sqlite(db) => db.committed_position(sink, buffer_id).await,
+        }
+    }
+
+    pub async fn begin_batch(&self) -> Result<(), StorageError> {
+        match self {
+            Self::Postgres(pg) => pg.begin_batch().await,
+            Self::Sqlite(db) => db.begin_batch().await,
+        }
+    }
+
+    /// Records `progress` and commits. Fails with `Rejected` if any write of
+    /// the batch failed, even if the plugin carried on.
+    pub async fn commit_batch(&self, progress: Progress<'_>) -> Result<(), StorageError> {
+        match self {
+            Self::Postgres(pg) => pg.commit_batch(progress).await,
+            Self::Sqlite(db) => db.commit_batch(progress).await,
+        }
+    }
+
+    pub async fn rollback_batch(&self) {
+        match self {
+            Self::Postgres(pg) => pg.rollback_batch().await,
+            Self::Sqlite(db) => db.rollback_batch().await,
         }
     }
 }
@@ -131,6 +225,20 @@ mod tests {
         );
         assert!(StorageUrl::parse("mysql://x").is_err());
         assert!(StorageUrl::parse("sqlite:").is_err());
+    }
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote_identifier("readings"), "\"readings\"");
+        assert_eq!(quote_identifier("omh.readings"), "\"omh\".\"readings\"");
+        assert_eq!(quote_identifier("x\"; DROP"), "\"x\"\"; DROP\"");
+    }
+
+    #[test]
+    fn a_position_of_another_buffer_counts_as_none() {
+        assert_eq!(position_for(Some(("a".into(), 42)), "a"), 42);
+        assert_eq!(position_for(Some(("old".into(), 42)), "a"), 0);
+        assert_eq!(position_for(None, "a"), 0);
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! PostgreSQL/TimescaleDB through tokio-postgres. One connection per sink,
 //! opened lazily and re-opened after it breaks, with the sink's statements
-//! prepared once per connection. Rows of a batch are pipelined inside one
-//! transaction, so a batch costs about one round trip, not one per row.
+//! prepared once per connection. Rows of a statement are pipelined, so a
+//! batch costs about one round trip, not one per row; bulk rows go through
+//! binary `COPY`.
 
-use super::{SqlValue, StorageError, redact, system_time};
+use super::{
+    PROGRESS_TABLE, Progress, SELECT_PROGRESS, SqlValue, StorageError, UPSERT_PROGRESS, WriteOp,
+    position_for, quote_identifier, redact, system_time,
+};
 use bytes::BytesMut;
 use futures::future::try_join_all;
 use std::collections::HashMap;
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
@@ -27,7 +32,14 @@ pub struct PostgresStorage {
 struct Connection {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// Column types of `COPY` targets, keyed by the COPY statement.
+    copy_types: HashMap<String, Vec<Type>>,
+    /// `Some` between `begin_batch` and its commit or rollback; holds the
+    /// first error of the batch.
+    batch: Option<Option<String>>,
 }
+
+type Slot<'a> = MutexGuard<'a, Option<Connection>>;
 
 impl PostgresStorage {
     pub fn new(url: &str) -> anyhow::Result<Self> {
@@ -41,22 +53,76 @@ impl PostgresStorage {
         })
     }
 
-    pub async fn execute(
+    pub async fn write(&self, op: WriteOp) -> Result<u64, StorageError> {
+        let mut slot = self.connection.lock().await;
+        let in_batch = slot.as_ref().is_some_and(|c| c.batch.is_some());
+        if !in_batch {
+            self.ensure_connected(&mut slot).await?;
+            let result = slot_connection(&mut slot)?.begin().await;
+            forget_if_broken(&mut slot, result)?;
+        }
+        let connection = slot_connection(&mut slot)?;
+        let result = connection.write(&op).await;
+        if let (Err(error), Some(batch_error)) = (&result, &mut connection.batch) {
+            batch_error.get_or_insert(error.to_string());
+        }
+        let result = match result {
+            // The write's own error says more than the rollback's.
+            Ok(rows) if !in_batch => connection.finish(None).await.map(|()| rows),
+            Err(error) if !in_batch => {
+                let _ = connection.finish(None).await;
+                Err(error)
+            }
+            result => result,
+        };
+        forget_if_broken(&mut slot, result)
+    }
+
+    pub async fn committed_position(
         &self,
-        statement: &str,
-        rows: &[Vec<SqlValue>],
+        sink: &str,
+        buffer_id: &str,
     ) -> Result<u64, StorageError> {
         let mut slot = self.connection.lock().await;
+        self.ensure_connected(&mut slot).await?;
+        let client = &slot_connection(&mut slot)?.client;
+        let result = client
+            .query_opt(SELECT_PROGRESS, &[&sink])
+            .await
+            .map(|row| position_for(row.map(|r| (r.get(0), r.get(1))), buffer_id))
+            .map_err(classify);
+        forget_if_broken(&mut slot, result)
+    }
+
+    pub async fn begin_batch(&self) -> Result<(), StorageError> {
+        let mut slot = self.connection.lock().await;
+        self.ensure_connected(&mut slot).await?;
+        let result = slot_connection(&mut slot)?.begin().await;
+        forget_if_broken(&mut slot, result)
+    }
+
+    pub async fn commit_batch(&self, progress: Progress<'_>) -> Result<(), StorageError> {
+        let mut slot = self.connection.lock().await;
+        let result = slot_connection(&mut slot)?.finish(Some(progress)).await;
+        forget_if_broken(&mut slot, result)
+    }
+
+    pub async fn rollback_batch(&self) {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_mut() {
+            connection.batch = None;
+            if connection.client.batch_execute("ROLLBACK").await.is_err() {
+                *slot = None;
+            }
+        }
+    }
+
+    async fn ensure_connected(&self, slot: &mut Slot<'_>) -> Result<(), StorageError> {
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *slot = Some(self.connect().await?);
+            **slot = None;
+            **slot = Some(self.connect().await?);
         }
-        let connection = slot.as_mut().expect("connection was just opened");
-        let result = connection.execute(statement, rows).await;
-        if let Err(StorageError::Unreachable(_)) = &result {
-            // Next call reconnects; a half-dead connection must not be reused.
-            *slot = None;
-        }
-        result
+        Ok(())
     }
 
     async fn connect(&self) -> Result<Connection, StorageError> {
@@ -71,30 +137,93 @@ impl PostgresStorage {
                 tracing::warn!(database = %url, %error, "PostgreSQL connection closed");
             }
         });
+        client
+            .batch_execute(PROGRESS_TABLE)
+            .await
+            .map_err(classify)?;
         tracing::info!(database = %self.display_url, "connected to PostgreSQL");
         Ok(Connection {
             client,
             statements: HashMap::new(),
+            copy_types: HashMap::new(),
+            batch: None,
         })
     }
 }
 
+/// The connection of a batch that lost it is gone: say so, not panic.
+fn slot_connection<'a>(slot: &'a mut Slot<'_>) -> Result<&'a mut Connection, StorageError> {
+    slot.as_mut()
+        .ok_or_else(|| StorageError::Unreachable("connection lost during the batch".into()))
+}
+
+/// A half-dead connection must not be reused: the next call reconnects.
+fn forget_if_broken<T>(
+    slot: &mut Slot<'_>,
+    result: Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    if let Err(StorageError::Unreachable(_)) = &result {
+        **slot = None;
+    }
+    result
+}
+
 impl Connection {
+    async fn begin(&mut self) -> Result<(), StorageError> {
+        self.client.batch_execute("BEGIN").await.map_err(classify)?;
+        self.batch = Some(None);
+        Ok(())
+    }
+
+    /// Commits the open batch, or rolls it back if one of its writes failed
+    /// (PostgreSQL would turn that COMMIT into a silent ROLLBACK).
+    async fn finish(&mut self, progress: Option<Progress<'_>>) -> Result<(), StorageError> {
+        let Some(first_error) = self.batch.take() else {
+            return Err(StorageError::Rejected("no batch is open".into()));
+        };
+        if let Some(error) = first_error {
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(classify)?;
+            return Err(StorageError::Rejected(format!(
+                "batch rolled back after an error: {error}"
+            )));
+        }
+        if let Some(progress) = progress {
+            let position = i64::try_from(progress.position).unwrap_or(i64::MAX);
+            let recorded = self
+                .client
+                .execute(
+                    UPSERT_PROGRESS,
+                    &[&progress.sink, &progress.buffer_id, &position],
+                )
+                .await;
+            if let Err(error) = recorded {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(classify(error));
+            }
+        }
+        self.client.batch_execute("COMMIT").await.map_err(classify)
+    }
+
+    async fn write(&mut self, op: &WriteOp) -> Result<u64, StorageError> {
+        match op {
+            WriteOp::Execute { statement, rows } => self.execute(statement, rows).await,
+            WriteOp::Copy {
+                table,
+                columns,
+                rows,
+            } => self.copy(table, columns, rows).await,
+        }
+    }
+
     async fn execute(
         &mut self,
         statement: &str,
         rows: &[Vec<SqlValue>],
     ) -> Result<u64, StorageError> {
-        let prepared = match self.statements.get(statement) {
-            Some(prepared) => prepared.clone(),
-            None => {
-                let prepared = self.client.prepare(statement).await.map_err(classify)?;
-                self.statements
-                    .insert(statement.to_string(), prepared.clone());
-                prepared
-            }
-        };
-        let transaction = self.client.transaction().await.map_err(classify)?;
+        let prepared = self.prepare(statement).await?;
         let params: Vec<Vec<Param>> = rows
             .iter()
             .map(|row| row.iter().map(Param).collect())
@@ -102,17 +231,73 @@ impl Connection {
         let executions = params.iter().map(|row| {
             let refs: Vec<&(dyn ToSql + Sync)> =
                 row.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            let transaction = &transaction;
+            let client = &self.client;
             let prepared = &prepared;
-            async move { transaction.execute(prepared, &refs).await }
+            async move { client.execute(prepared, &refs).await }
         });
-        let affected: u64 = try_join_all(executions)
+        Ok(try_join_all(executions)
             .await
             .map_err(classify)?
             .iter()
-            .sum();
-        transaction.commit().await.map_err(classify)?;
-        Ok(affected)
+            .sum())
+    }
+
+    async fn prepare(&mut self, statement: &str) -> Result<Statement, StorageError> {
+        if let Some(prepared) = self.statements.get(statement) {
+            return Ok(prepared.clone());
+        }
+        let prepared = self.client.prepare(statement).await.map_err(classify)?;
+        self.statements
+            .insert(statement.to_string(), prepared.clone());
+        Ok(prepared)
+    }
+
+    async fn copy(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        rows: &[Vec<SqlValue>],
+    ) -> Result<u64, StorageError> {
+        let table = quote_identifier(table);
+        let columns = columns
+            .iter()
+            .map(|c| quote_identifier(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let copy = format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)");
+        let types = match self.copy_types.get(&copy) {
+            Some(types) => types.clone(),
+            None => {
+                // The server knows the column types; binary COPY must send
+                // exactly those.
+                let probe = format!("SELECT {columns} FROM {table} LIMIT 0");
+                let prepared = self.client.prepare(&probe).await.map_err(classify)?;
+                let types: Vec<Type> = prepared
+                    .columns()
+                    .iter()
+                    .map(|c| c.type_().clone())
+                    .collect();
+                self.copy_types.insert(copy.clone(), types.clone());
+                types
+            }
+        };
+        if let Some(row) = rows.iter().find(|row| row.len() != types.len()) {
+            return Err(StorageError::Rejected(format!(
+                "a row of {} values for {} columns of {table}",
+                row.len(),
+                types.len()
+            )));
+        }
+        let sink = self.client.copy_in(&copy).await.map_err(classify)?;
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures::pin_mut!(writer);
+        for row in rows {
+            let params: Vec<Param> = row.iter().map(Param).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            writer.as_mut().write(&refs).await.map_err(classify)?;
+        }
+        writer.finish().await.map_err(classify)
     }
 }
 

@@ -12,14 +12,32 @@
 //! `'${name}'` (wrapped in single quotes) binds the value as text and drops
 //! the quotes, since a bound parameter must not sit inside a SQL literal.
 //! A placeholder used twice reuses its parameter.
+//!
+//! When the template is one `INSERT ... VALUES (...)` with every placeholder
+//! inside the parenthesis, a batch is written as multi-row statements
+//! (`VALUES (...), (...), ...`, [`CHUNK_ROWS`] rows each): one statement per
+//! chunk instead of one per message.
 
-use omh_sdk::{Error, Message, SqlValue, Value};
+use omh_sdk::{Error, Message, SqlValue, Value, sql};
+
+/// Rows per multi-row statement: big enough to amortise the statement,
+/// small enough for any database's parameter limit (SQLite: 32,766).
+const CHUNK_ROWS: usize = 100;
+const MAX_PARAMETERS: usize = 32_766;
 
 /// A compiled template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     statement: String,
     parameters: Vec<Parameter>,
+    /// The same insert for a chunk of rows, when the template allows it.
+    multi_row: Option<MultiRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct MultiRow {
+    statement: String,
+    rows: usize,
 }
 
 /// What fills one `$n`.
@@ -94,15 +112,28 @@ impl Template {
         }
         reject_positional_parameters(rest).map_err(invalid)?;
         statement.push_str(rest);
+        let multi_row = multi_row(&statement, parameters.len());
         Ok(Self {
             statement,
             parameters,
+            multi_row,
         })
     }
 
-    /// The statement with `$1..$n` parameters.
-    pub fn statement(&self) -> &str {
-        &self.statement
+    /// Writes one row per message: full chunks through the multi-row
+    /// statement, the rest through the single-row one.
+    pub fn write(&self, batch: &[Message]) -> Result<u64, Error> {
+        let rows: Vec<Vec<SqlValue>> = batch.iter().map(|message| self.row(message)).collect();
+        let Some(multi) = self.multi_row.as_ref().filter(|m| rows.len() >= m.rows) else {
+            return sql::execute(&self.statement, &rows);
+        };
+        let (chunked, rest) = rows.split_at(rows.len() - rows.len() % multi.rows);
+        let chunks: Vec<Vec<SqlValue>> = chunked.chunks(multi.rows).map(<[_]>::concat).collect();
+        let mut written = sql::execute(&multi.statement, &chunks)?;
+        if !rest.is_empty() {
+            written += sql::execute(&self.statement, rest)?;
+        }
+        Ok(written)
     }
 
     /// The parameter values for one message, in `$n` order.
@@ -119,6 +150,117 @@ impl Template {
             })
             .collect()
     }
+}
+
+/// The multi-row form of `statement`, if it is `... VALUES (<tuple>) ...`
+/// with every parameter inside the one tuple.
+fn multi_row(statement: &str, parameters: usize) -> Option<MultiRow> {
+    if parameters == 0 {
+        return None;
+    }
+    let (open, close) = values_tuple(statement)?;
+    let (prefix, tuple, suffix) = (
+        &statement[..open],
+        &statement[open..=close],
+        &statement[close + 1..],
+    );
+    if reject_positional_parameters(prefix).is_err()
+        || reject_positional_parameters(suffix).is_err()
+        || suffix.trim_start().starts_with(',')
+    {
+        return None;
+    }
+    let rows = CHUNK_ROWS.min(MAX_PARAMETERS / parameters);
+    if rows < 2 {
+        return None;
+    }
+    let tuples: Vec<String> = (0..rows)
+        .map(|row| renumber(tuple, row * parameters))
+        .collect();
+    Some(MultiRow {
+        statement: format!("{prefix}{}{suffix}", tuples.join(", ")),
+        rows,
+    })
+}
+
+/// Byte offsets of the parentheses of the tuple after the (one) `VALUES`
+/// keyword, outside quotes.
+fn values_tuple(statement: &str) -> Option<(usize, usize)> {
+    let bytes = statement.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut found: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        match quote {
+            Some(q) if byte == q => quote = None,
+            Some(_) => {}
+            None if byte == b'\'' || byte == b'"' => quote = Some(byte),
+            None if bytes.len() - i >= 6
+                && bytes[i..i + 6].eq_ignore_ascii_case(b"values")
+                && (i == 0 || !is_word(bytes[i - 1]))
+                && bytes.get(i + 6).is_none_or(|b| !is_word(*b)) =>
+            {
+                if found.is_some() {
+                    return None;
+                }
+                let open = i + 6 + statement[i + 6..].find(|c: char| !c.is_whitespace())?;
+                if bytes[open] != b'(' {
+                    return None;
+                }
+                let close = matching_parenthesis(statement, open)?;
+                found = Some((open, close));
+                i = close;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+fn is_word(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+fn matching_parenthesis(statement: &str, open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    for (i, byte) in statement.bytes().enumerate().skip(open) {
+        match (quote, byte) {
+            (Some(q), b) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(byte),
+            (None, b'(') => depth += 1,
+            (None, b')') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `tuple` with every `$n` turned into `$(n + offset)`.
+fn renumber(tuple: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(tuple.len() + 8);
+    let mut rest = tuple;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let digits = rest[dollar + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - dollar - 1);
+        match rest[dollar + 1..dollar + 1 + digits].parse::<usize>() {
+            Ok(n) => out.push_str(&format!("${}", n + offset)),
+            Err(_) => out.push('$'),
+        }
+        rest = &rest[dollar + 1 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `$1`-style parameters written by hand would collide with the generated
@@ -273,6 +415,45 @@ mod tests {
                 other => panic!("{template}: expected invalid-config, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_values_insert_gets_a_multi_row_form() {
+        let template = Template::parse(
+            "INSERT INTO t(time, a) VALUES (${timestamp}, coalesce(${a}, 0)) ON CONFLICT DO NOTHING",
+        )
+        .unwrap();
+        let multi = template.multi_row.unwrap();
+        assert_eq!(multi.rows, CHUNK_ROWS);
+        assert!(multi.statement.starts_with(
+            "INSERT INTO t(time, a) VALUES ($1, coalesce($2, 0)), ($3, coalesce($4, 0)), ($5, "
+        ));
+        assert!(
+            multi
+                .statement
+                .ends_with("($199, coalesce($200, 0)) ON CONFLICT DO NOTHING")
+        );
+    }
+
+    #[test]
+    fn other_shapes_stay_single_row() {
+        for template in [
+            "INSERT INTO t SELECT ${a}",
+            "INSERT INTO t VALUES (${a}) ON CONFLICT (k) DO UPDATE SET a = ${b}",
+            "INSERT INTO t VALUES (${a}), (${b})",
+            "INSERT INTO t VALUES (1)",
+            "INSERT INTO t VALUES (${a}); INSERT INTO u VALUES (${a})",
+        ] {
+            let parsed = Template::parse(template).unwrap();
+            assert_eq!(parsed.multi_row, None, "{template}");
+        }
+        // `values` inside a literal or a name is not the keyword.
+        let quoted =
+            Template::parse("INSERT INTO \"values\"(v, é) VALUES ('values(', ${a})").unwrap();
+        assert_eq!(
+            quoted.multi_row.unwrap().statement[..60],
+            "INSERT INTO \"values\"(v, é) VALUES ('values(', $1), ('values(', $2)"[..60]
+        );
     }
 
     #[test]
