@@ -8,7 +8,8 @@
 //! a capped exponential backoff decides when the next attempt may be made,
 //! so a dead device costs one connect attempt per backoff period rather
 //! than one per poll. Logging follows state changes only: connected, lost,
-//! and each new backoff delay.
+//! each new backoff delay, and a slave going silent or answering again (a
+//! timeout means the link worked but that slave did not answer).
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub struct Connection {
     /// The open link and the index of the endpoint it goes to.
     link: Option<(usize, TcpConnection)>,
     state: State,
+    /// Slaves whose last request timed out, logged once each.
+    silent_slaves: Vec<u8>,
     backoff: Backoff,
     next_transaction_id: u16,
     last_exchange: Option<Instant>,
@@ -60,6 +63,7 @@ impl Connection {
             policy,
             link: None,
             state: State::Unknown,
+            silent_slaves: Vec::new(),
             backoff: Backoff::default(),
             next_transaction_id: 0,
             last_exchange: None,
@@ -89,14 +93,18 @@ impl Connection {
             match result {
                 Ok(reply) => {
                     self.link = Some((index, link));
-                    self.answering(index);
+                    self.answering(index, unit_id);
                     return Ok(reply);
                 }
                 Err(error) => {
                     // The link is dropped; fail over for the next connect.
                     self.preferred = (index + 1) % self.endpoints.len();
                     if retries_left == 0 {
-                        self.went_down(&error);
+                        match error {
+                            // The link worked; one slave behind it is silent.
+                            Error::Timeout(_) => self.slave_silent(unit_id, &error),
+                            _ => self.went_down(&error),
+                        }
                         return Err(error);
                     }
                     retries_left -= 1;
@@ -148,11 +156,22 @@ impl Connection {
         Err(Error::Unreachable(failures))
     }
 
-    fn answering(&mut self, index: usize) {
+    fn answering(&mut self, index: usize, unit_id: u8) {
         if self.state != State::Answering {
             let role = if index == 0 { "" } else { " (backup endpoint)" };
             omh_sdk::info!("connected to {}{role}", self.endpoints[index]);
             self.state = State::Answering;
+        }
+        if let Some(position) = self.silent_slaves.iter().position(|&s| s == unit_id) {
+            self.silent_slaves.swap_remove(position);
+            omh_sdk::info!("slave {unit_id} answers again");
+        }
+    }
+
+    fn slave_silent(&mut self, unit_id: u8, error: &Error) {
+        if !self.silent_slaves.contains(&unit_id) {
+            omh_sdk::warn!("slave {unit_id} not answering: {}", error.message());
+            self.silent_slaves.push(unit_id);
         }
     }
 
