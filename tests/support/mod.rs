@@ -4,5 +4,6 @@
 //! unused-item warnings here say nothing about dead code.
 #![allow(dead_code)]
 
+pub mod modbus;
 pub mod postgres;
 pub mod site;

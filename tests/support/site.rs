@@ -90,6 +90,11 @@ impl RunningSite {
         Self { child, log }
     }
 
+    /// The host's process id, for reading its CPU time from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -172,13 +172,23 @@ pub struct SimulatedRegister {
     pub max: u16,
 }
 
+/// The driver setting that carries the resolved `backup_endpoint`; the
+/// manifest's own `settings` may not set it.
+pub const BACKUP_ENDPOINT_SETTING: &str = "backup_endpoint";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSection {
     /// Driver plugin name (file stem of its `.wasm`).
     pub driver: String,
-    /// `host:port` of the device: the only address the driver may connect to.
+    /// `host:port` of the device: the only address the driver may connect
+    /// to, besides `backup_endpoint`.
     pub endpoint: String,
+    /// `host:port` to fail over to (a redundant device or gateway). Admitted
+    /// to the driver's sandbox and handed to it, resolved, as the setting
+    /// [`BACKUP_ENDPOINT_SETTING`].
+    #[serde(default)]
+    pub backup_endpoint: Option<String>,
     /// Handed to the driver as JSON at configure time.
     #[serde(default)]
     pub settings: toml::Table,

@@ -1,7 +1,7 @@
 //! Checks a parsed manifest for what serde types cannot express. All problems
 //! are collected, not just the first, so one `omh-host check` run shows them.
 
-use super::{Limits, Manifest, Problem};
+use super::{BACKUP_ENDPOINT_SETTING, Limits, Manifest, Problem};
 use crate::simulator::RegisterAddress;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -62,6 +62,15 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
         }
         if let Err(message) = check_endpoint(&device.endpoint) {
             problems.add(format!("{at}.endpoint"), message);
+        }
+        if let Some(Err(message)) = device.backup_endpoint.as_deref().map(check_endpoint) {
+            problems.add(format!("{at}.backup_endpoint"), message);
+        }
+        if device.settings.contains_key(BACKUP_ENDPOINT_SETTING) {
+            problems.add(
+                format!("{at}.settings.{BACKUP_ENDPOINT_SETTING}"),
+                "set backup_endpoint on the device, next to endpoint: only then may the driver reach it".into(),
+            );
         }
         check_limits(&format!("{at}.limits"), &device.limits, &mut problems);
         if device.groups.is_empty() {

@@ -1,6 +1,6 @@
 //! What one plugin instance's `Store` holds, and the host capabilities it
 //! is given. Each instance's WASI context is built from its manifest entry
-//! alone: no files, no environment, no network except a driver's endpoint.
+//! alone: no files, no environment, no network except a driver's endpoints.
 
 use super::bindings::sink::omh::plugin::{clock, logging, sql};
 use super::bindings::types::Error as PluginError;
@@ -16,7 +16,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 /// What an instance may reach beyond its own memory.
 #[derive(Clone, Default)]
 pub struct Grants {
-    /// TCP peers a driver may connect to (its manifest endpoint, resolved).
+    /// TCP peers a driver may connect to (its manifest endpoint and backup
+    /// endpoint, resolved).
     pub connect: Vec<SocketAddr>,
     /// The database a sink writes through the `sql` interface.
     pub storage: Option<Storage>,

@@ -8,7 +8,7 @@ mod writes;
 pub use sink::MIN_BUFFER_BYTES;
 
 use crate::bus::BusBuilder;
-use crate::manifest::{LoadedManifest, Manifest};
+use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
 use crate::plugin::engine::CodeSource;
 use crate::plugin::runtime::{Group, InstanceSpec, PluginRuntime, Tag};
@@ -150,14 +150,24 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     for (name, section) in &manifest.devices {
         let endpoint = resolve_endpoint(&section.endpoint)
             .with_context(|| format!("devices.{name}.endpoint"))?;
+        let backup_endpoint = section
+            .backup_endpoint
+            .as_deref()
+            .map(resolve_endpoint)
+            .transpose()
+            .with_context(|| format!("devices.{name}.backup_endpoint"))?;
+        let mut settings = section.settings.clone();
+        if let Some(backup) = backup_endpoint {
+            settings.insert(BACKUP_ENDPOINT_SETTING.into(), backup.to_string().into());
+        }
         let spec = InstanceSpec {
             name: format!("devices.{name}").into(),
             limits: section.limits.resolve(defaults),
             grants: Grants {
-                connect: vec![endpoint],
+                connect: std::iter::once(endpoint).chain(backup_endpoint).collect(),
                 ..Grants::default()
             },
-            settings: to_json(&section.settings),
+            settings: to_json(&settings),
         };
         let groups: Vec<Group> = section
             .groups

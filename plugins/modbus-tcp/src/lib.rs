@@ -1,145 +1,108 @@
-//! Modbus TCP driver for `omh-host`: reads holding and input registers.
+//! Modbus TCP driver for `omh-host`, compatible with Neuron's tag syntax:
+//! coils, discrete inputs, input and holding registers; bits, 16/32/64-bit
+//! integers, floats, doubles and strings in every Neuron byte order. See
+//! README.md for the address grammar, settings and error codes.
 //!
-//! Tag addresses use Neuron's syntax (`1!40001`, see [`address`]). All
-//! validation and request planning happens in `configure`; a poll replays
+//! All validation and read planning happens in `configure`; a poll replays
 //! the group's plan over one lazily (re)connected TCP connection.
-//!
-//! Settings (all optional): `timeout_ms` (default 1000) bounds connect and
-//! each request; `max_gap` (default 16) is how many unused registers one
-//! request may span to serve two tags.
 
 mod address;
 mod connection;
 mod frame;
 mod plan;
+mod poll;
+mod settings;
+mod types;
+mod write;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use omh_sdk::{Driver, Error, Group, GroupData, Quality, Reading, TagError};
-use serde::Deserialize;
+use omh_sdk::{Driver, Error, Group, GroupData, Value};
 
-use crate::connection::Connection;
-use crate::frame::Reply;
+use crate::address::TagSpec;
+use crate::connection::{Connection, Policy};
 use crate::plan::PlannedRead;
-
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct Settings {
-    timeout_ms: u64,
-    max_gap: u16,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            timeout_ms: 1000,
-            max_gap: 16,
-        }
-    }
-}
+use crate::settings::Settings;
 
 struct ModbusTcp {
     connection: Connection,
-    plans: HashMap<String, Vec<PlannedRead>>,
+    groups: HashMap<String, GroupPlan>,
+    skip_silent_slave: bool,
+    write_multiple: bool,
+}
+
+/// One group's reads, and its tags by name for writes.
+struct GroupPlan {
+    reads: Vec<PlannedRead>,
+    tags: HashMap<String, TagSpec>,
 }
 
 impl Driver for ModbusTcp {
     fn configure(endpoint: &str, settings: &str, groups: Vec<Group>) -> Result<Self, Error> {
-        let settings: Settings = omh_sdk::settings(settings)?;
-        if settings.timeout_ms == 0 {
-            return Err(Error::InvalidConfig(
-                "`timeout_ms` must be at least 1".to_string(),
-            ));
-        }
+        let settings = Settings::parse(settings)?;
         endpoint.parse::<SocketAddr>().map_err(|_| {
             Error::InvalidConfig(format!("endpoint `{endpoint}` is not an `ip:port` address"))
         })?;
-        let plans = groups
+        let groups = groups
             .into_iter()
             .map(|group| {
-                let tags = group
+                let tags: Vec<TagSpec> = group
                     .tags
                     .iter()
-                    .map(address::parse_tag)
+                    .map(|tag| address::parse_tag(tag, settings.address_base))
                     .collect::<Result<_, _>>()?;
-                Ok((group.name, plan::plan_group(tags, settings.max_gap)))
+                let plan = GroupPlan {
+                    reads: plan::plan_group(tags.clone(), settings.max_gap),
+                    tags: tags
+                        .into_iter()
+                        .map(|tag| (tag.name.clone(), tag))
+                        .collect(),
+                };
+                Ok((group.name, plan))
             })
             .collect::<Result<_, Error>>()?;
-        let timeout = Duration::from_millis(settings.timeout_ms);
+        let endpoints = std::iter::once(endpoint.to_string())
+            .chain(settings.backup_endpoint.clone())
+            .collect();
+        let policy = Policy {
+            timeout: settings.timeout(),
+            retries: settings.retries,
+            request_interval: settings.request_interval(),
+        };
         Ok(Self {
-            connection: Connection::new(endpoint, timeout),
-            plans,
+            connection: Connection::new(endpoints, policy),
+            groups,
+            skip_silent_slave: settings.skip_silent_slave,
+            write_multiple: settings.write_multiple,
         })
     }
 
     fn read_group(&mut self, group: &str) -> Result<GroupData, Error> {
-        let reads = self
-            .plans
-            .get(group)
-            .ok_or_else(|| Error::InvalidConfig(format!("unknown group `{group}`")))?;
-        let mut data = GroupData {
-            readings: Vec::new(),
-            errors: Vec::new(),
-        };
-        for read in reads {
-            let reply = self
-                .connection
-                .read_registers(read.slave, read.table, read.start, read.count);
-            match reply {
-                Ok(Reply::Registers(registers)) => {
-                    data.readings
-                        .extend(readings(read, &registers, omh_sdk::now_ms()));
-                }
-                Ok(Reply::Exception(exception)) => {
-                    let message = format!("modbus exception: {}", exception.name());
-                    data.errors
-                        .extend(tag_errors(read, i32::from(exception.0), &message));
-                }
-                Err(error) => {
-                    data.errors
-                        .extend(tag_errors(read, io_error_code(&error), error.message()));
-                }
-            }
-        }
-        Ok(data)
+        let plan = group_plan(&self.groups, group)?;
+        Ok(poll::read_all(
+            &mut self.connection,
+            &plan.reads,
+            self.skip_silent_slave,
+        ))
+    }
+
+    fn write_tag(&mut self, group: &str, tag: &str, value: Value) -> Result<(), Error> {
+        let spec = group_plan(&self.groups, group)?
+            .tags
+            .get(tag)
+            .ok_or_else(|| Error::InvalidConfig(format!("group `{group}` has no tag `{tag}`")))?;
+        write::write_tag(&mut self.connection, spec, &value, self.write_multiple)
     }
 }
 
-/// Decodes the tags of `read` from its reply registers.
-fn readings(
-    read: &PlannedRead,
-    registers: &[u16],
-    timestamp_ms: i64,
-) -> impl Iterator<Item = Reading> {
-    read.tags.iter().map(move |tag| {
-        let first = usize::from(tag.offset - read.start);
-        let last = first + usize::from(tag.data_type.register_count());
-        Reading {
-            tag: tag.name.clone(),
-            value: tag.data_type.decode(&registers[first..last]),
-            quality: Quality::Good,
-            timestamp_ms,
-        }
-    })
-}
-
-fn tag_errors(read: &PlannedRead, code: i32, message: &str) -> impl Iterator<Item = TagError> {
-    read.tags.iter().map(move |tag| TagError {
-        tag: tag.name.clone(),
-        code,
-        message: message.to_string(),
-    })
-}
-
-/// Negative codes keep I/O failures apart from Modbus exception codes.
-fn io_error_code(error: &Error) -> i32 {
-    match error {
-        Error::Timeout(_) => -2,
-        Error::Protocol(_) => -3,
-        _ => -1,
-    }
+fn group_plan<'g>(
+    groups: &'g HashMap<String, GroupPlan>,
+    group: &str,
+) -> Result<&'g GroupPlan, Error> {
+    groups
+        .get(group)
+        .ok_or_else(|| Error::InvalidConfig(format!("unknown group `{group}`")))
 }
 
 omh_sdk::export_driver!(ModbusTcp);

@@ -1,52 +1,67 @@
 //! Read planning: done once at configure time, so a poll only replays it.
 //!
 //! Tags of a group are coalesced into as few requests as possible: tags on
-//! the same slave and register table whose registers are at most `max_gap`
-//! apart share one request, as long as it stays within
-//! [`MAX_REGISTERS_PER_READ`]. Reading a few unused registers is much
-//! cheaper than another round trip.
+//! the same slave and area whose bits or registers are at most `max_gap`
+//! apart share one request, as long as it stays within the protocol's
+//! per-read limit (125 registers, 2000 bits). Reading a few unused
+//! registers is much cheaper than another round trip.
 
-use crate::address::{RegisterTable, RegisterTag};
-use crate::frame::MAX_REGISTERS_PER_READ;
+use crate::address::{Area, TagSpec};
+use crate::frame::{MAX_READ_BITS, MAX_READ_REGISTERS};
 
 /// One request of a plan and the tags it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedRead {
     pub slave: u8,
-    pub table: RegisterTable,
+    pub area: Area,
     pub start: u16,
     pub count: u16,
-    pub tags: Vec<RegisterTag>,
+    pub tags: Vec<TagSpec>,
 }
 
 impl PlannedRead {
-    /// One past the last register read, widened so `65535 + 1` fits.
+    /// One past the last bit or register read, widened so `65535 + 1` fits.
     fn end(&self) -> u32 {
         u32::from(self.start) + u32::from(self.count)
     }
 
+    /// The cells of `tag` within this read's cells (one per bit, or two
+    /// per register).
+    pub fn cells_of<'c>(&self, tag: &TagSpec, cells: &'c [u8]) -> &'c [u8] {
+        let per_unit = if self.area.holds_bits() { 1 } else { 2 };
+        let first = usize::from(tag.offset - self.start) * per_unit;
+        &cells[first..first + usize::from(tag.layout.width()) * per_unit]
+    }
+
     /// Extends this read to cover `tag` if that keeps it on one slave and
-    /// table, within `max_gap` unused registers and the per-read limit.
-    fn try_absorb(&mut self, tag: RegisterTag, max_gap: u16) -> Result<(), RegisterTag> {
-        let tag_end = u32::from(tag.offset) + u32::from(tag.data_type.register_count());
-        let new_end = self.end().max(tag_end);
+    /// area, within `max_gap` unused units and the per-read limit.
+    fn try_absorb(&mut self, tag: TagSpec, max_gap: u16) -> Result<(), TagSpec> {
+        let new_end = self.end().max(tag.end());
         let mergeable = tag.slave == self.slave
-            && tag.table == self.table
+            && tag.area == self.area
             && u32::from(tag.offset) <= self.end() + u32::from(max_gap)
-            && new_end - u32::from(self.start) <= u32::from(MAX_REGISTERS_PER_READ);
+            && new_end - u32::from(self.start) <= u32::from(read_limit(self.area));
         if !mergeable {
             return Err(tag);
         }
-        // Fits in u16: bounded by MAX_REGISTERS_PER_READ just above.
+        // Fits in u16: bounded by the read limit just above.
         self.count = (new_end - u32::from(self.start)) as u16;
         self.tags.push(tag);
         Ok(())
     }
 }
 
+fn read_limit(area: Area) -> u16 {
+    if area.holds_bits() {
+        MAX_READ_BITS
+    } else {
+        MAX_READ_REGISTERS
+    }
+}
+
 /// Plans the reads for one group's tags.
-pub fn plan_group(mut tags: Vec<RegisterTag>, max_gap: u16) -> Vec<PlannedRead> {
-    tags.sort_by_key(|tag| (tag.slave, tag.table, tag.offset));
+pub fn plan_group(mut tags: Vec<TagSpec>, max_gap: u16) -> Vec<PlannedRead> {
+    tags.sort_by_key(|tag| (tag.slave, tag.area, tag.offset));
     let mut reads: Vec<PlannedRead> = Vec::new();
     for tag in tags {
         let tag = match reads.last_mut() {
@@ -58,9 +73,9 @@ pub fn plan_group(mut tags: Vec<RegisterTag>, max_gap: u16) -> Vec<PlannedRead> 
         };
         reads.push(PlannedRead {
             slave: tag.slave,
-            table: tag.table,
+            area: tag.area,
             start: tag.offset,
-            count: tag.data_type.register_count(),
+            count: tag.layout.width(),
             tags: vec![tag],
         });
     }
@@ -70,29 +85,35 @@ pub fn plan_group(mut tags: Vec<RegisterTag>, max_gap: u16) -> Vec<PlannedRead> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::DataType;
+    use crate::types::{BitStyle, ByteOrder, Layout, Number};
 
-    fn tag(name: &str, slave: u8, table: RegisterTable, offset: u16) -> RegisterTag {
-        RegisterTag {
+    fn tag(name: &str, slave: u8, area: Area, offset: u16) -> TagSpec {
+        let layout = if area.holds_bits() {
+            Layout::Bit(BitStyle::Bit)
+        } else {
+            Layout::Number(Number::Int16, ByteOrder::default())
+        };
+        TagSpec {
             name: name.to_string(),
             slave,
-            table,
+            area,
             offset,
-            data_type: DataType::Int16,
+            layout,
+            writable: false,
         }
     }
 
-    fn shape(reads: &[PlannedRead]) -> Vec<(u8, RegisterTable, u16, u16, Vec<&str>)> {
+    fn shape(reads: &[PlannedRead]) -> Vec<(u8, Area, u16, u16, Vec<&str>)> {
         reads
             .iter()
             .map(|read| {
                 let names = read.tags.iter().map(|tag| tag.name.as_str()).collect();
-                (read.slave, read.table, read.start, read.count, names)
+                (read.slave, read.area, read.start, read.count, names)
             })
             .collect()
     }
 
-    use RegisterTable::{Holding, Input};
+    use Area::{Coil, DiscreteInput, HoldingRegister as Holding, InputRegister as Input};
 
     #[test]
     fn coalesces_contiguous_and_near_registers() {
@@ -106,6 +127,16 @@ mod tests {
             shape(&reads),
             vec![(1, Holding, 0, 21, vec!["a", "b", "c"])]
         );
+    }
+
+    #[test]
+    fn wide_values_extend_the_read() {
+        let mut double = tag("d", 1, Holding, 2);
+        double.layout = Layout::Number(Number::Double, ByteOrder::default());
+        let reads = plan_group(vec![tag("a", 1, Holding, 0), double], 1);
+        assert_eq!(shape(&reads), vec![(1, Holding, 0, 6, vec!["a", "d"])]);
+        let cells: Vec<u8> = (0..12).collect();
+        assert_eq!(reads[0].cells_of(&reads[0].tags[1], &cells), &cells[4..12]);
     }
 
     #[test]
@@ -129,16 +160,20 @@ mod tests {
     }
 
     #[test]
-    fn never_mixes_slaves_or_tables() {
+    fn never_mixes_slaves_or_areas() {
         let tags = vec![
             tag("a", 1, Holding, 0),
             tag("b", 2, Holding, 1),
             tag("c", 1, Input, 1),
+            tag("d", 1, Coil, 1),
+            tag("e", 1, DiscreteInput, 1),
         ];
         let reads = plan_group(tags, 16);
         assert_eq!(
             shape(&reads),
             vec![
+                (1, Coil, 1, 1, vec!["d"]),
+                (1, DiscreteInput, 1, 1, vec!["e"]),
                 (1, Input, 1, 1, vec!["c"]),
                 (1, Holding, 0, 1, vec!["a"]),
                 (2, Holding, 1, 1, vec!["b"]),
@@ -147,13 +182,17 @@ mod tests {
     }
 
     #[test]
-    fn respects_the_per_read_limit() {
-        let tags = (0..=300)
-            .map(|offset| tag("t", 1, Holding, offset))
-            .collect();
-        let reads = plan_group(tags, 16);
-        let spans: Vec<_> = reads.iter().map(|read| (read.start, read.count)).collect();
-        assert_eq!(spans, vec![(0, 125), (125, 125), (250, 51)]);
+    fn respects_the_per_read_limits() {
+        let spans = |area| {
+            let tags = (0..=4100).map(|offset| tag("t", 1, area, offset)).collect();
+            plan_group(tags, 16)
+                .iter()
+                .map(|read| (read.start, read.count))
+                .take(3)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(spans(Holding), vec![(0, 125), (125, 125), (250, 125)]);
+        assert_eq!(spans(Coil), vec![(0, 2000), (2000, 2000), (4000, 101)]);
     }
 
     #[test]
