@@ -62,11 +62,11 @@ impl BusBuilder {
             },
             v4: Some(HashMap::from([("mqtt-v4".to_string(), server)])),
             // Alerts are how rumqttd reports skipping a slow subscriber.
-            metrics: Some(HashMap::from([(
-                MetricType::Alerts,
-                serde_json::from_value::<MetricSettings>(serde_json::json!({ "push_interval": 1 }))
-                    .expect("valid metric settings"),
-            )])),
+            // Its timer thread needs both kinds configured (it unwraps both).
+            metrics: Some(HashMap::from([
+                (MetricType::Alerts, push_every_seconds(1)),
+                (MetricType::Meters, push_every_seconds(60)),
+            ])),
             ..Default::default()
         };
         Self {
@@ -155,6 +155,12 @@ impl BusBuilder {
         tracing::info!(listen = %self.listen, "MQTT broker listening");
         Ok(())
     }
+}
+
+fn push_every_seconds(seconds: u64) -> MetricSettings {
+    // Its fields are private; serde is the way in.
+    serde_json::from_value(serde_json::json!({ "push_interval": seconds }))
+        .expect("valid metric settings")
 }
 
 struct Outgoing {

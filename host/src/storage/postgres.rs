@@ -46,6 +46,8 @@ impl PostgresStorage {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("omh-host");
+        // CREATE TABLE IF NOT EXISTS on every connect would log a NOTICE.
+        config.options("-c client_min_messages=warning");
         Ok(Self {
             config: Arc::new(config),
             display_url: redact(url),
