@@ -37,7 +37,6 @@ impl Plant {
         let dir = tempfile::tempdir().unwrap();
         let postgres = TestPostgres::start(PgOptions { timescaledb: true }).unwrap();
         postgres.apply_migrations().await.unwrap();
-        postgres.client().await.unwrap().batch_execute("CREATE TABLE IF NOT EXISTS readings(time TIMESTAMPTZ NOT NULL, site TEXT NOT NULL, device TEXT NOT NULL, tag TEXT NOT NULL, value_double DOUBLE PRECISION, value_text TEXT, quality TEXT NOT NULL)").await.unwrap(); // TEMP until migrations merge
         let mqtt_port = free_port();
         let manifest = dir.path().join("site.toml");
         std::fs::write(

@@ -5,6 +5,7 @@
 mod buffer;
 mod bus;
 mod manifest;
+mod migrate;
 mod plugin;
 mod simulator;
 mod site;
@@ -29,6 +30,7 @@ use std::process::ExitCode;
     after_help = "Examples:\n  \
         omh-host --manifest examples/quickstart.toml\n  \
         omh-host check --manifest site.toml\n  \
+        omh-host migrate --database postgres://user@localhost/omh\n  \
         omh-host plugins list --manifest site.toml\n\n\
         Logging: OMH_LOG=debug (or any tracing filter, e.g. OMH_LOG=info,omh_host=debug)."
 )]
@@ -50,6 +52,29 @@ enum Command {
     /// Exits non-zero and prints one line per problem, each naming the
     /// file, the key path and the bad value.
     Check,
+    /// Create or upgrade the database schema (tables `conditions` and
+    /// `readings`).
+    ///
+    /// Applies the numbered SQL files built into this binary that the
+    /// database has not seen yet, each in its own transaction, and records
+    /// them in the table `omh_migrations`; running it again applies nothing.
+    /// On PostgreSQL with the TimescaleDB extension loadable (in
+    /// shared_preload_libraries) the tables become hypertables with
+    /// compression and retention policies; on plain PostgreSQL they are
+    /// ordinary tables with a BRIN index on time. The duration options only
+    /// take effect in the run that creates the tables or policies.
+    #[command(after_help = "Examples:\n  \
+        omh-host migrate --database postgres://omh:secret@localhost:5432/omh\n  \
+        omh-host migrate --database postgres://omh@db/omh --chunk-interval 12h --retain-for none\n  \
+        omh-host migrate --database sqlite:data/quickstart.db")]
+    Migrate {
+        /// Database to migrate: postgres://user:password@host:port/db or
+        /// sqlite:path/to/file.db.
+        #[arg(long, value_name = "URL", env = "OMH_DATABASE_URL")]
+        database: String,
+        #[command(flatten)]
+        settings: migrate::TimescaleSettings,
+    },
     /// Work with plugins (.wasm components).
     Plugins {
         #[command(subcommand)]
@@ -75,6 +100,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Run) => run(cli.manifest.as_deref()),
         Some(Command::Check) => check(cli.manifest.as_deref()),
+        Some(Command::Migrate { database, settings }) => migrate::run(&database, &settings),
         Some(Command::Plugins {
             command: PluginsCommand::List { dir },
         }) => list_plugins(cli.manifest.as_deref(), dir),

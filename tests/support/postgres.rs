@@ -7,7 +7,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -136,19 +136,16 @@ impl TestPostgres {
         Ok(client)
     }
 
-    /// Applies every `migrations/*.sql` in name order, each in its own
-    /// transaction. Stands in for `omh-host migrate` in tests.
-    pub async fn apply_migrations(&self) -> Result<()> {
-        let mut client = self.client().await?;
-        for path in migration_files()? {
-            let sql = std::fs::read_to_string(&path)?;
-            let tx = client.transaction().await?;
-            tx.batch_execute(&sql)
-                .await
-                .with_context(|| format!("applying {}", path.display()))?;
-            tx.commit().await?;
-        }
-        Ok(())
+    /// Runs `omh-host migrate` on `demo` with default settings, as a user
+    /// would; returns its output.
+    pub async fn apply_migrations(&self) -> Result<String> {
+        self.migrate(&[]).await
+    }
+
+    /// Runs `omh-host migrate` on `demo` with extra arguments; returns its
+    /// standard output, or an error holding both outputs when it fails.
+    pub async fn migrate(&self, args: &[&str]) -> Result<String> {
+        migrate(&self.url(), args).await
     }
 
     fn settings(&self, opts: PgOptions) -> String {
@@ -234,15 +231,22 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn migration_files() -> Result<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "sql") {
-            files.push(path);
-        }
+/// Runs `omh-host migrate --database URL ARGS...`; returns its standard
+/// output, or an error holding both outputs when it fails.
+pub async fn migrate(database: &str, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_omh-host"))
+        .args(["migrate", "--database", database])
+        .args(args)
+        .output()
+        .await
+        .context("running omh-host migrate")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "omh-host migrate {args:?} failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    files.sort();
-    Ok(files)
+    Ok(stdout)
 }
