@@ -106,8 +106,9 @@ fn site_manifest(data_dir: &Path, mqtt_port: u16, modbus_port: u16, database: &s
              [devices.line{device}.groups.fast]\ninterval = \"{INTERVAL}\"\ntags = [\n"
         );
         for tag in 1..=TAGS {
-            manifest +=
-                &format!("  {{ name = \"t{tag:02}\", address = \"1!4{tag:04}\", type = \"int16\" }},\n");
+            manifest += &format!(
+                "  {{ name = \"t{tag:02}\", address = \"1!4{tag:04}\", type = \"int16\" }},\n"
+            );
         }
         manifest += "]\n";
     }
@@ -150,9 +151,12 @@ fn assert_no_duplicates(stored: &[Point]) {
 }
 
 async fn wait_until_flowing(plant: &Plant, site: &mut RunningSite) {
-    wait_for(Duration::from_secs(20), "rows in readings", site, async |_| {
-        (plant.stored().await.len() >= 1_000).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "rows in readings",
+        site,
+        async |_| (plant.stored().await.len() >= 1_000).then_some(()),
+    )
     .await;
 }
 
@@ -173,7 +177,11 @@ async fn a_database_outage_loses_and_duplicates_nothing() {
         .wait_for_catch_up(&mut site, witnessed(&witness))
         .await;
 
-    assert!(site.terminate().success(), "clean exit; log:\n{}", site.log());
+    assert!(
+        site.terminate().success(),
+        "clean exit; log:\n{}",
+        site.log()
+    );
     let seen = witnessed(&witness);
     let stored = plant.stored().await;
     assert_no_duplicates(&stored);
@@ -233,14 +241,21 @@ async fn a_host_killed_during_the_outage_delivers_after_restart() {
     };
     let expected = || -> HashSet<Point> { &before_kill | &after_restart() };
     plant.wait_for_catch_up(&mut site, expected()).await;
-    assert!(site.terminate().success(), "clean exit; log:\n{}", site.log());
+    assert!(
+        site.terminate().success(),
+        "clean exit; log:\n{}",
+        site.log()
+    );
 
     let stored = plant.stored().await;
     assert_no_duplicates(&stored);
     let stored: HashSet<Point> = stored.into_iter().collect();
     let lost = expected().difference(&stored).count();
     assert_eq!(lost, 0, "{lost} points lost across the kill and the outage");
-    assert!(!after_restart().is_empty(), "the restarted host produced points");
+    assert!(
+        !after_restart().is_empty(),
+        "the restarted host produced points"
+    );
     eprintln!(
         "kill test: {} points before the kill, {} stored in all, 0 lost, 0 duplicated",
         before_kill.len(),

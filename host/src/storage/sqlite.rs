@@ -12,9 +12,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-/// Schema for the embedded database, the SQLite twin of `migrations/`.
-const SCHEMA: &str = include_str!("../../../migrations/sqlite/0001_conditions.sql");
-
 #[derive(Clone)]
 pub struct SqliteStorage {
     session: Arc<Mutex<Session>>,
@@ -41,9 +38,12 @@ impl SqliteStorage {
         connection.create_scalar_function("now", 0, FunctionFlags::SQLITE_UTF8, |_| {
             Ok(iso8601(SystemTime::now()))
         })?;
+        // The embedded database migrates itself: there is no server to run
+        // `omh-host migrate` against beforehand.
+        crate::migrate::apply_sqlite(&connection, &mut |outcome| tracing::debug!("{outcome}"))
+            .with_context(|| format!("cannot migrate {}", path.display()))?;
         connection
-            .execute_batch(SCHEMA)
-            .and_then(|()| connection.execute_batch(PROGRESS_TABLE))
+            .execute_batch(PROGRESS_TABLE)
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         Ok(Self {
             session: Arc::new(Mutex::new(Session {
