@@ -182,8 +182,13 @@ impl Writer {
                 Err(error) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
-                        let pending = self.reader.stats().pending;
-                        tracing::warn!(sink = %self.name, %error, attempts = failures, pending, "cannot write batch; it stays buffered, retrying");
+                        let buffer = self.reader.stats();
+                        tracing::warn!(
+                            sink = %self.name, %error, attempts = failures,
+                            pending = buffer.pending, buffered_bytes = buffer.bytes_on_disk,
+                            dropped_when_full = buffer.dropped,
+                            "cannot write batch; it stays buffered, retrying"
+                        );
                     }
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(MAX_RETRY);
