@@ -5,7 +5,9 @@
 mod support;
 
 use std::time::Duration;
-use support::site::{Collector, RunningSite, free_port, plugins_dir, repo_root, wait_for};
+use support::site::{
+    Collector, RunningSite, free_port, http_get, plugins_dir, repo_root, wait_for,
+};
 
 const GROUP_TOPIC: &str = "/neuron/demo_app/demo/demo_group";
 
@@ -13,8 +15,10 @@ const GROUP_TOPIC: &str = "/neuron/demo_app/demo/demo_group";
 async fn quickstart_stores_rows_in_the_embedded_database() {
     let dir = tempfile::tempdir().unwrap();
     let mqtt_port = free_port();
+    let http_port = free_port();
     let env = [
         ("OMH_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}")),
+        ("OMH_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
         ("OMH_SIMULATOR_LISTEN", format!("127.0.0.1:{}", free_port())),
         ("OMH_PLUGINS_DIR", plugins_dir().display().to_string()),
         ("OMH_DATA_DIR", dir.path().display().to_string()),
@@ -64,6 +68,7 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     .await;
     assert_eq!(status["state"], "running", "{status}");
     assert!(site.log().contains("compiled in"), "first start compiles");
+    check_live_view(http_port).await;
 
     // A clean stop (SIGTERM) writes what is still on its way: every group
     // message an outside client saw is a row, found by its poll timestamp.
@@ -109,5 +114,52 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     assert!(
         log.contains("from compiled-code cache"),
         "second start uses the compiled-code cache; log:\n{log}"
+    );
+}
+
+/// The live page, its API and the metrics, as a browser and Prometheus
+/// would fetch them.
+async fn check_live_view(port: u16) {
+    let get = |path: &'static str| tokio::task::spawn_blocking(move || http_get(port, path));
+    let (status, health) = get("/health").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(health.contains(r#""status":"ok""#), "{health}");
+
+    let (_, page) = get("/").await.unwrap();
+    assert!(page.contains("<title>OMH live view</title>"), "{page}");
+
+    let (_, tags) = get("/api/tags").await.unwrap();
+    let tags: serde_json::Value = serde_json::from_str(&tags).unwrap();
+    let temperature = tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tag"] == "temperature" && t["device"] == "demo")
+        .unwrap_or_else(|| panic!("temperature in {tags}"));
+    assert!(
+        (280..=309).contains(&temperature["value"].as_i64().unwrap()),
+        "{temperature}"
+    );
+    assert!(!temperature["history"].as_array().unwrap().is_empty());
+
+    // The stream carries the next group message as it is published.
+    let (_, event) = get("/api/stream").await.unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(event.strip_prefix("data:").unwrap().trim()).unwrap();
+    assert_eq!(event["group"], "demo_group");
+    assert!(event["timestamp"].as_i64().unwrap() > temperature["timestamp"].as_i64().unwrap());
+
+    let (_, plugins) = get("/api/plugins").await.unwrap();
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).unwrap();
+    assert_eq!(plugins["devices.demo"]["state"], "running", "{plugins}");
+
+    let (_, metrics) = get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("# TYPE omh_group_messages_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"omh_plugin_up{instance="sinks.storage"} 1"#),
+        "{metrics}"
     );
 }

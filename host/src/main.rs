@@ -4,6 +4,7 @@
 
 mod buffer;
 mod bus;
+mod http;
 mod manifest;
 mod migrate;
 mod plugin;

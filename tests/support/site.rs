@@ -149,6 +149,44 @@ pub async fn wait_for<T>(
     }
 }
 
+/// `GET path` over plain HTTP/1.1 on loopback: (status code, body). Reads
+/// until the server closes, or, for an event stream, until the first event.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("HTTP connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
+    let mut headers = String::new();
+    while reader.read_line(&mut headers).unwrap() > 2 {}
+    let mut body = String::new();
+    if headers.contains("text/event-stream") {
+        // The first `data:` line; chunk sizes and keep-alives come between.
+        loop {
+            body.clear();
+            if reader.read_line(&mut body).unwrap() == 0 || body.starts_with("data:") {
+                break;
+            }
+        }
+    } else {
+        reader.read_to_string(&mut body).unwrap();
+    }
+    (status, body)
+}
+
 /// An outside MQTT client that records every message on its filters.
 #[derive(Clone, Default)]
 pub struct Collector {

@@ -257,9 +257,16 @@ impl Subscription {
 
     /// The next message's payload. `None` when the broker has gone away.
     pub async fn next(&mut self) -> Option<Bytes> {
+        Some(self.next_with_topic().await?.1)
+    }
+
+    /// The next message as (topic, payload).
+    pub async fn next_with_topic(&mut self) -> Option<(Bytes, Bytes)> {
         loop {
             match self.link_rx.next().await {
-                Ok(Some(Notification::Forward(forward))) => return Some(forward.publish.payload),
+                Ok(Some(Notification::Forward(forward))) => {
+                    return Some((forward.publish.topic, forward.publish.payload));
+                }
                 // The router stops feeding a link whose buffer filled up until
                 // the link says it has drained: say so, or nothing ever arrives again.
                 Ok(Some(Notification::Unschedule)) => {

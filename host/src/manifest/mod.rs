@@ -28,6 +28,8 @@ pub struct Manifest {
     pub plugins: PluginsSection,
     #[serde(default)]
     pub broker: BrokerSection,
+    /// HTTP API, live page and metrics; off unless the manifest has it.
+    pub http: Option<HttpSection>,
     /// Built-in Modbus TCP simulators, so a site runs with no device.
     #[serde(default)]
     pub simulators: BTreeMap<String, SimulatorSection>,
@@ -37,6 +39,14 @@ pub struct Manifest {
     pub transforms: BTreeMap<String, TransformSection>,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Where the HTTP server listens. It has no authentication: keep it on
+    /// loopback or behind a reverse proxy that has.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,7 @@ mod writes;
 
 pub use sink::MIN_BUFFER_BYTES;
 
-use crate::bus::BusBuilder;
+use crate::bus::{BusBuilder, Subscription};
 use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
 use crate::plugin::engine::CodeSource;
@@ -238,8 +238,17 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         std::slice::from_ref(&manifest.broker.write_topic),
     )?;
 
+    let live_view = match &manifest.http {
+        Some(section) => Some((section.listen, live_feed(&bus, &loaded)?)),
+        None => None,
+    };
     bus.report_skips()?;
     bus.start()?;
+    if let Some((listen, feed)) = live_view {
+        let live = crate::http::Live::new();
+        tokio::spawn(live.clone().follow(feed));
+        crate::http::serve(listen, &manifest.site.name, live).await?;
+    }
     print_where_to_look(&loaded, started);
     let (stop_sinks, stopping) = watch::channel(false);
     let sink_tasks: Vec<_> = sinks
@@ -270,6 +279,17 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The live view's link: every group topic and the plugin status topics.
+fn live_feed(bus: &BusBuilder, loaded: &LoadedManifest) -> anyhow::Result<Subscription> {
+    let mut filters = vec![format!("{STATUS_TOPIC_PREFIX}#")];
+    for (device, section) in &loaded.manifest.devices {
+        for group in section.groups.keys() {
+            filters.push(loaded.topic.render(device, group));
+        }
+    }
+    bus.subscription("omh-http", &filters)
+}
+
 fn to_json(table: &toml::Table) -> String {
     serde_json::to_string(table).expect("a TOML table is valid JSON")
 }
@@ -294,6 +314,10 @@ fn print_where_to_look(loaded: &LoadedManifest, started: Instant) {
         started.elapsed().as_millis()
     );
     eprintln!("  MQTT broker      mqtt://{}", manifest.broker.listen);
+    if let Some(http) = &manifest.http {
+        eprintln!("  live view        http://{}/", http.listen);
+        eprintln!("  metrics          http://{}/metrics", http.listen);
+    }
     for (device, section) in &manifest.devices {
         for group in section.groups.keys() {
             eprintln!("  group topic      {}", loaded.topic.render(device, group));

@@ -1,0 +1,110 @@
+//! The operator's surface over HTTP (axum): a live page with no build step,
+//! JSON endpoints and Prometheus metrics. Bound where the manifest's
+//! `http.listen` says (the examples use loopback: there is no auth here).
+//!
+//! | path | what |
+//! |---|---|
+//! | `/` | live page: every tag's value, updating, with a chart of the last minutes |
+//! | `/health` | `{"status":"ok","site":..,"uptime_s":..}` |
+//! | `/api/tags` | last value (or error code), time and history of every tag |
+//! | `/api/devices` | per device: group messages, tag errors, last message time |
+//! | `/api/plugins` | each plugin instance's state, restarts and last error |
+//! | `/api/stream` | Server-Sent Events: every group message as the bus carries it |
+//! | `/metrics` | Prometheus text format |
+
+mod live;
+mod metrics;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Json};
+use axum::routing::get;
+use futures::Stream;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+pub use live::Live;
+
+const PAGE: &str = include_str!("page.html");
+
+#[derive(Clone)]
+struct AppState {
+    live: Arc<Live>,
+    site: Arc<str>,
+}
+
+/// Binds `listen` (failing start-up with a clear message if taken) and
+/// serves in the background.
+pub async fn serve(listen: SocketAddr, site: &str, live: Arc<Live>) -> anyhow::Result<()> {
+    let state = AppState {
+        live,
+        site: site.into(),
+    };
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/api/tags", get(tags))
+        .route("/api/devices", get(devices))
+        .route("/api/plugins", get(plugins))
+        .route("/api/stream", get(stream))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("http: cannot listen on {listen}"))?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+    tracing::info!(%listen, "HTTP API and live page listening");
+    Ok(())
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "site": &*state.site,
+        "uptime_s": state.live.started.elapsed().as_secs(),
+    }))
+}
+
+async fn tags(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.live.tags())
+}
+
+async fn devices(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.live.devices())
+}
+
+async fn plugins(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.live.plugins())
+}
+
+async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // A client that falls behind skips ahead (the page re-reads /api/tags
+    // when it reconnects); it never slows the bus.
+    let events = BroadcastStream::new(state.live.subscribe())
+        .filter_map(|message| message.ok())
+        .map(|json| Ok(Event::default().data(&*json)));
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&state.live),
+    )
+}
