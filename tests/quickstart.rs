@@ -5,27 +5,16 @@
 mod support;
 
 use std::time::Duration;
-use support::site::{
-    Collector, RunningSite, free_port, http_get, plugins_dir, repo_root, wait_for,
-};
+use support::site::{Collector, Quickstart, http_get, wait_for};
 
 const GROUP_TOPIC: &str = "/neuron/demo_app/demo/demo_group";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_stores_rows_in_the_embedded_database() {
     let dir = tempfile::tempdir().unwrap();
-    let mqtt_port = free_port();
-    let http_port = free_port();
-    let env = [
-        ("OMH_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}")),
-        ("OMH_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
-        ("OMH_SIMULATOR_LISTEN", format!("127.0.0.1:{}", free_port())),
-        ("OMH_PLUGINS_DIR", plugins_dir().display().to_string()),
-        ("OMH_DATA_DIR", dir.path().display().to_string()),
-    ];
-    let manifest = repo_root().join("examples/quickstart.toml");
-    let mut site = RunningSite::start(&manifest, &env, dir.path());
-    let mqtt = Collector::connect(mqtt_port, &["omh/status/plugins/#", GROUP_TOPIC]);
+    let quickstart = Quickstart::new(dir.path());
+    let mut site = quickstart.start(dir.path());
+    let mqtt = Collector::connect(quickstart.mqtt_port, &["omh/status/plugins/#", GROUP_TOPIC]);
 
     let database = dir.path().join("quickstart.db");
     let count_rows = || -> Option<Vec<(String, f64, f64)>> {
@@ -68,7 +57,7 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     .await;
     assert_eq!(status["state"], "running", "{status}");
     assert!(site.log().contains("compiled in"), "first start compiles");
-    check_live_view(http_port).await;
+    check_live_view(quickstart.http_port).await;
 
     // A clean stop (SIGTERM) writes what is still on its way: every group
     // message an outside client saw is a row, found by its poll timestamp.
@@ -102,7 +91,7 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     }
 
     // Restart on the same data dir: the compiled code comes from the cache.
-    let mut again = RunningSite::start(&manifest, &env, &dir.path().join("again"));
+    let mut again = quickstart.start(&dir.path().join("again"));
     wait_for(
         Duration::from_secs(10),
         "second start",

@@ -4,6 +4,7 @@
 //! unused-item warnings here say nothing about dead code.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod modbus;
 pub mod postgres;
 pub mod site;

@@ -64,6 +64,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `examples/quickstart.toml` on free ports with its data in `data_dir`:
+/// the manifest, its environment, and the MQTT and HTTP ports.
+pub struct Quickstart {
+    pub manifest: PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+}
+
+impl Quickstart {
+    pub fn new(data_dir: &Path) -> Self {
+        let (mqtt_port, http_port) = (free_port(), free_port());
+        Self {
+            manifest: repo_root().join("examples/quickstart.toml"),
+            env: vec![
+                ("OMH_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}")),
+                ("OMH_HTTP_LISTEN", format!("127.0.0.1:{http_port}")),
+                ("OMH_SIMULATOR_LISTEN", format!("127.0.0.1:{}", free_port())),
+                ("OMH_PLUGINS_DIR", plugins_dir().display().to_string()),
+                ("OMH_DATA_DIR", data_dir.display().to_string()),
+            ],
+            mqtt_port,
+            http_port,
+        }
+    }
+
+    pub fn start(&self, log_dir: &Path) -> RunningSite {
+        RunningSite::start(&self.manifest, &self.env, log_dir)
+    }
+}
+
 pub struct RunningSite {
     child: Child,
     log: PathBuf,
@@ -152,14 +183,22 @@ pub async fn wait_for<T>(
 /// `GET path` over plain HTTP/1.1 on loopback: (status code, body). Reads
 /// until the server closes, or, for an event stream, until the first event.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, None)
+}
+
+/// One HTTP/1.1 request on loopback with an optional JSON body.
+pub fn http_request(port: u16, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("HTTP connect");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    let body = json.unwrap_or("");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut reader = BufReader::new(stream);
@@ -181,10 +220,23 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
                 break;
             }
         }
+    } else if let Some(length) = content_length(&headers) {
+        // Some servers (chromedriver) keep the connection open regardless.
+        let mut bytes = vec![0; length];
+        reader.read_exact(&mut bytes).unwrap();
+        body = String::from_utf8(bytes).unwrap();
     } else {
         reader.read_to_string(&mut body).unwrap();
     }
     (status, body)
+}
+
+fn content_length(headers: &str) -> Option<usize> {
+    headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 /// An outside MQTT client that records every message on its filters.
