@@ -147,8 +147,11 @@ async fn check_live_view(port: u16) {
         metrics.contains("# TYPE omh_group_messages_total counter"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(r#"omh_plugin_up{instance="sinks.storage"} 1"#),
-        "{metrics}"
-    );
+    for expected in [
+        r#"omh_plugin_up{instance="sinks.storage"} 1"#,
+        r#"omh_sink_buffer_pending_messages{sink="storage"}"#,
+        "omh_bus_subscriber_skips_total 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
 }

@@ -60,6 +60,15 @@ pub struct Stats {
     pub dropped: u64,
 }
 
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl StatsHandle {
+    pub fn stats(&self) -> Stats {
+        self.0.stats()
+    }
+}
+
 struct Segment {
     first_seq: u64,
     /// `first_seq - 1` while the segment holds no record.
@@ -295,6 +304,11 @@ impl BufferReader {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Reads this buffer's numbers from elsewhere (metrics).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
     }
 
     /// Waits for a first record, then up to `linger` for `max` of them;

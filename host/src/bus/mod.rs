@@ -117,18 +117,20 @@ impl BusBuilder {
     /// ahead because it fell more than its log behind: those messages never
     /// reach it. Sinks hand messages to their disk buffer at once, so this
     /// should stay silent; if not, it must not be silent.
-    pub fn report_skips(&self) -> anyhow::Result<()> {
+    /// Returns the running count, for metrics.
+    pub fn report_skips(&self) -> anyhow::Result<Arc<AtomicU64>> {
         let alerts = self
             .broker
             .alerts()
             .map_err(|e| anyhow::anyhow!("cannot link to broker alerts: {e}"))?;
+        let skips = Arc::new(AtomicU64::new(0));
+        let counted = skips.clone();
         std::thread::Builder::new()
             .name("omh-bus-alerts".into())
             .spawn(move || {
-                let mut skips = 0u64;
                 while let Ok(batch) = alerts.router_rx.recv() {
                     for alert in batch.iter().filter(|a| a.kind.name() == "cursor_jump") {
-                        skips += 1;
+                        let skips = counted.fetch_add(1, Ordering::Relaxed) + 1;
                         tracing::error!(
                             client = %alert.client_id, detail = %alert.kind.description(), skips,
                             "bus skipped a slow subscriber ahead: messages lost for it"
@@ -136,7 +138,7 @@ impl BusBuilder {
                     }
                 }
             })?;
-        Ok(())
+        Ok(skips)
     }
 
     /// Starts the MQTT listener on its own thread.
@@ -177,6 +179,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Messages dropped because the bus's publish queue was full.
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
     /// Queues a message without blocking; when the queue is full the message
     /// is dropped and counted (a stuck router must not stall the drivers).
     pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {

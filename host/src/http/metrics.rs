@@ -1,100 +1,156 @@
-//! Prometheus text exposition of what the live view knows.
+//! Prometheus text exposition: what the live view knows from the bus, and
+//! the counters other parts of the host keep.
 
+use super::Counters;
 use super::live::Live;
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
-pub fn render(live: &Live) -> String {
-    let mut out = String::new();
+/// One metric family: its samples as (label value, value).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    label: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+pub fn render(live: &Live, counters: &Counters) -> String {
     let devices = live.devices();
-    family(
-        &mut out,
-        "omh_group_messages_total",
-        "counter",
-        "Group messages published on the bus, per device.",
-    );
-    for (device, stats) in &devices {
-        sample(
-            &mut out,
-            "omh_group_messages_total",
-            "device",
-            device,
-            stats.messages as f64,
-        );
-    }
-    family(
-        &mut out,
-        "omh_tag_errors_total",
-        "counter",
-        "Tags that could not be read, summed over polls, per device.",
-    );
-    for (device, stats) in &devices {
-        sample(
-            &mut out,
-            "omh_tag_errors_total",
-            "device",
-            device,
-            stats.tag_errors as f64,
-        );
-    }
-
     let plugins = live.plugins();
-    family(
-        &mut out,
-        "omh_plugin_up",
-        "gauge",
-        "1 while the plugin instance is running, 0 while crashed or failed.",
-    );
-    for (instance, status) in &plugins {
-        let up = status["state"].as_str() == Some("running");
-        sample(
-            &mut out,
-            "omh_plugin_up",
-            "instance",
-            instance,
-            f64::from(u8::from(up)),
+    let sinks: Vec<_> = counters
+        .sinks
+        .iter()
+        .map(|(name, metrics)| (name, metrics, metrics.buffer.stats()))
+        .collect();
+    let per_device = |value: fn(&super::live::DeviceStats) -> f64| {
+        devices.iter().map(|(d, s)| (d.clone(), value(s))).collect()
+    };
+    let per_plugin = |value: fn(&serde_json::Value) -> f64| {
+        plugins.iter().map(|(p, s)| (p.clone(), value(s))).collect()
+    };
+    let per_sink = |value: &dyn Fn(&super::SinkMetrics, &crate::buffer::Stats) -> f64| {
+        sinks
+            .iter()
+            .map(|(n, m, b)| ((*n).clone(), value(m, b)))
+            .collect()
+    };
+    let families = [
+        Family {
+            name: "omh_group_messages_total",
+            kind: "counter",
+            help: "Group messages published on the bus.",
+            label: "device",
+            samples: per_device(|s| s.messages as f64),
+        },
+        Family {
+            name: "omh_tag_errors_total",
+            kind: "counter",
+            help: "Tags that could not be read, summed over polls.",
+            label: "device",
+            samples: per_device(|s| s.tag_errors as f64),
+        },
+        Family {
+            name: "omh_plugin_up",
+            kind: "gauge",
+            help: "1 while the plugin instance is running, 0 while crashed or failed.",
+            label: "instance",
+            samples: per_plugin(|s| f64::from(u8::from(s["state"] == "running"))),
+        },
+        Family {
+            name: "omh_plugin_restarts_total",
+            kind: "counter",
+            help: "Times the plugin instance was re-instantiated after a crash.",
+            label: "instance",
+            samples: per_plugin(|s| s["restarts"].as_f64().unwrap_or(0.0)),
+        },
+        Family {
+            name: "omh_sink_messages_total",
+            kind: "counter",
+            help: "Group messages committed to the sink's database.",
+            label: "sink",
+            samples: per_sink(&|m, _| m.messages.load(Ordering::Relaxed) as f64),
+        },
+        Family {
+            name: "omh_sink_rows_total",
+            kind: "counter",
+            help: "Rows the sink plugin reported written.",
+            label: "sink",
+            samples: per_sink(&|m, _| m.rows.load(Ordering::Relaxed) as f64),
+        },
+        Family {
+            name: "omh_sink_failed_attempts_total",
+            kind: "counter",
+            help: "Batch writes that failed and were retried.",
+            label: "sink",
+            samples: per_sink(&|m, _| m.failed_attempts.load(Ordering::Relaxed) as f64),
+        },
+        Family {
+            name: "omh_sink_buffer_pending_messages",
+            kind: "gauge",
+            help: "Messages in the sink's disk buffer not yet committed (its lag).",
+            label: "sink",
+            samples: per_sink(&|_, b| b.pending as f64),
+        },
+        Family {
+            name: "omh_sink_buffer_bytes",
+            kind: "gauge",
+            help: "Bytes of the sink's disk buffer.",
+            label: "sink",
+            samples: per_sink(&|_, b| b.bytes_on_disk as f64),
+        },
+        Family {
+            name: "omh_sink_buffer_dropped_total",
+            kind: "counter",
+            help: "Messages dropped undelivered because the buffer was full.",
+            label: "sink",
+            samples: per_sink(&|_, b| b.dropped as f64),
+        },
+    ];
+    let mut out = String::new();
+    for family in &families {
+        let _ = writeln!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} {2}",
+            family.name, family.help, family.kind
+        );
+        for (label_value, value) in &family.samples {
+            let _ = writeln!(
+                out,
+                "{}{{{}=\"{}\"}} {value}",
+                family.name,
+                family.label,
+                escape(label_value)
+            );
+        }
+    }
+    let scalars = [
+        (
+            "omh_bus_publish_dropped_total",
+            "counter",
+            "Messages dropped because the bus's publish queue was full.",
+            counters.bus_publish_dropped.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "omh_bus_subscriber_skips_total",
+            "counter",
+            "Times the broker skipped a slow subscriber ahead.",
+            counters.bus_subscriber_skips.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "omh_uptime_seconds",
+            "gauge",
+            "Seconds since the host started.",
+            live.started.elapsed().as_secs_f64(),
+        ),
+    ];
+    for (name, kind, help, value) in scalars {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    family(
-        &mut out,
-        "omh_plugin_restarts_total",
-        "counter",
-        "Times the plugin instance was re-instantiated after a crash.",
-    );
-    for (instance, status) in &plugins {
-        let restarts = status["restarts"].as_f64().unwrap_or(0.0);
-        sample(
-            &mut out,
-            "omh_plugin_restarts_total",
-            "instance",
-            instance,
-            restarts,
-        );
-    }
-
-    family(
-        &mut out,
-        "omh_uptime_seconds",
-        "gauge",
-        "Seconds since the host started.",
-    );
-    let _ = writeln!(
-        out,
-        "omh_uptime_seconds {}",
-        live.started.elapsed().as_secs_f64()
-    );
     out
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, label: &str, value_of_label: &str, value: f64) {
-    let _ = writeln!(
-        out,
-        "{name}{{{label}=\"{}\"}} {value}",
-        escape(value_of_label)
-    );
 }
 
 /// Label values escape backslash, double quote and newline.

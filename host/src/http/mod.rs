@@ -26,24 +26,40 @@ use futures::Stream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::site::SinkMetrics;
 pub use live::Live;
 
 const PAGE: &str = include_str!("page.html");
 
+/// Counters kept elsewhere in the host that `/metrics` reads.
+pub struct Counters {
+    pub sinks: Vec<(String, Arc<SinkMetrics>)>,
+    pub bus_publish_dropped: Arc<AtomicU64>,
+    pub bus_subscriber_skips: Arc<AtomicU64>,
+}
+
 #[derive(Clone)]
 struct AppState {
     live: Arc<Live>,
+    counters: Arc<Counters>,
     site: Arc<str>,
 }
 
 /// Binds `listen` (failing start-up with a clear message if taken) and
 /// serves in the background.
-pub async fn serve(listen: SocketAddr, site: &str, live: Arc<Live>) -> anyhow::Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    site: &str,
+    live: Arc<Live>,
+    counters: Counters,
+) -> anyhow::Result<()> {
     let state = AppState {
         live,
+        counters: Arc::new(counters),
         site: site.into(),
     };
     let app = Router::new()
@@ -105,6 +121,6 @@ async fn stream(
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.live),
+        metrics::render(&state.live, &state.counters),
     )
 }

@@ -5,9 +5,10 @@ mod device;
 mod sink;
 mod writes;
 
-pub use sink::MIN_BUFFER_BYTES;
+pub use sink::{MIN_BUFFER_BYTES, SinkMetrics};
 
 use crate::bus::{BusBuilder, Subscription};
+use crate::http::Counters;
 use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
 use crate::plugin::engine::CodeSource;
@@ -20,6 +21,8 @@ use device::{DeviceTask, GroupSchedule};
 use sink::SinkTask;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use writes::Responder;
@@ -109,6 +112,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     let defaults = &manifest.plugins.limits;
 
     let mut sinks = Vec::new();
+    let mut sink_metrics = Vec::new();
     for (name, section) in &manifest.sinks {
         let url = StorageUrl::parse(&section.url).map_err(anyhow::Error::msg)?;
         let storage =
@@ -129,8 +133,16 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         )?;
         let buffer = sink::open_buffer(&loaded.data_dir, name, section.buffer_max_bytes)
             .with_context(|| format!("sinks.{name}: buffer"))?;
+        let metrics = Arc::new(SinkMetrics {
+            messages: AtomicU64::default(),
+            rows: AtomicU64::default(),
+            failed_attempts: AtomicU64::default(),
+            buffer: buffer.1.stats_handle(),
+        });
+        sink_metrics.push((name.clone(), metrics.clone()));
         sinks.push(SinkTask {
             name: spec.name,
+            metrics,
             progress_key: format!("{}/{name}", manifest.site.name),
             plugin,
             storage,
@@ -242,12 +254,17 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         Some(section) => Some((section.listen, live_feed(&bus, &loaded)?)),
         None => None,
     };
-    bus.report_skips()?;
+    let bus_skips = bus.report_skips()?;
     bus.start()?;
     if let Some((listen, feed)) = live_view {
         let live = crate::http::Live::new();
         tokio::spawn(live.clone().follow(feed));
-        crate::http::serve(listen, &manifest.site.name, live).await?;
+        let counters = Counters {
+            sinks: sink_metrics,
+            bus_publish_dropped: publisher.dropped(),
+            bus_subscriber_skips: bus_skips,
+        };
+        crate::http::serve(listen, &manifest.site.name, live, counters).await?;
     }
     print_where_to_look(&loaded, started);
     let (stop_sinks, stopping) = watch::channel(false);

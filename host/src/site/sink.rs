@@ -10,7 +10,7 @@
 //! replaying after a crash skips what the database already holds: the
 //! committed position comes from the database itself, not from our memory.
 
-use crate::buffer::{self, BufferReader, BufferWriter, Record};
+use crate::buffer::{self, BufferReader, BufferWriter, Record, StatsHandle};
 use crate::bus::{Subscription, neuron};
 use crate::plugin::bindings::types::Message;
 use crate::plugin::runtime::Sink;
@@ -18,6 +18,7 @@ use crate::plugin::supervisor::Supervised;
 use crate::storage::{Progress, Storage};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -32,8 +33,17 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 /// At shutdown, the bus counts as drained once it is quiet this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
+/// A sink's counters, read by the metrics endpoint.
+pub struct SinkMetrics {
+    pub messages: AtomicU64,
+    pub rows: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub buffer: StatsHandle,
+}
+
 pub struct SinkTask {
     pub name: Arc<str>,
+    pub metrics: Arc<SinkMetrics>,
     /// The sink's key in the database's progress table: site and sink.
     pub progress_key: String,
     pub plugin: Supervised<Sink>,
@@ -72,6 +82,7 @@ impl SinkTask {
         ));
         let writer = Writer {
             name: self.name,
+            metrics: self.metrics,
             progress_key: self.progress_key,
             plugin: self.plugin,
             storage: self.storage,
@@ -117,6 +128,7 @@ async fn consume(
 /// Buffer to database.
 struct Writer {
     name: Arc<str>,
+    metrics: Arc<SinkMetrics>,
     progress_key: String,
     plugin: Supervised<Sink>,
     storage: Storage,
@@ -173,6 +185,10 @@ impl Writer {
         loop {
             match self.write(&batch, last).await {
                 Ok(rows) => {
+                    self.metrics.rows.fetch_add(rows, Ordering::Relaxed);
+                    self.metrics
+                        .messages
+                        .fetch_add(batch.seqs.len() as u64, Ordering::Relaxed);
                     if failures > 0 {
                         tracing::info!(sink = %self.name, rows, attempts = failures + 1, "batch written after retrying");
                     }
@@ -181,6 +197,7 @@ impl Writer {
                 }
                 Err(error) => {
                     failures += 1;
+                    self.metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     if failures == 1 || failures.is_power_of_two() {
                         let buffer = self.reader.stats();
                         tracing::warn!(
