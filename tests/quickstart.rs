@@ -5,7 +5,7 @@
 mod support;
 
 use std::time::Duration;
-use support::site::{Collector, Quickstart, http_get, wait_for};
+use support::site::{Collector, Quickstart, http_get, http_request, wait_for};
 
 const GROUP_TOPIC: &str = "/neuron/demo_app/demo/demo_group";
 
@@ -147,6 +147,25 @@ async fn check_live_view(port: u16) {
         metrics.contains("# TYPE omh_group_messages_total counter"),
         "{metrics}"
     );
+    // Writes take the MQTT write path, checks included: the quickstart's
+    // tags are read-only (3), and there is no device "nope" (2).
+    for (request, code) in [
+        (
+            r#"{"node":"demo","group":"demo_group","tag":"temperature","value":250}"#,
+            3,
+        ),
+        (r#"{"node":"nope","group":"g","tag":"t","value":1}"#, 2),
+    ] {
+        let (status, answer) = tokio::task::spawn_blocking(move || {
+            http_request(port, "POST", "/api/write", Some(request))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"], code, "{answer}");
+    }
+
     for expected in [
         r#"omh_plugin_up{instance="sinks.storage"} 1"#,
         r#"omh_sink_buffer_pending_messages{sink="storage"}"#,

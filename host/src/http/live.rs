@@ -7,10 +7,10 @@ use crate::bus::{Subscription, neuron};
 use crate::plugin::bindings::types::{Message, Value};
 use crate::status::STATUS_TOPIC_PREFIX;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 /// How much history a tag keeps for the page's charts.
 const HISTORY_MS: i64 = 5 * 60 * 1000;
@@ -20,6 +20,10 @@ const STREAM_BACKLOG: usize = 1024;
 
 pub struct Live {
     snapshot: Mutex<Snapshot>,
+    /// Write requests made over HTTP, waiting for their answer on the bus's
+    /// write response topic, by uuid.
+    pending_writes: Mutex<HashMap<String, oneshot::Sender<serde_json::Value>>>,
+    write_response_topic: String,
     /// Every group message, as published, for the live stream.
     updates: broadcast::Sender<Arc<str>>,
     pub started: Instant,
@@ -61,9 +65,11 @@ pub struct TagView {
 }
 
 impl Live {
-    pub fn new() -> Arc<Self> {
+    pub fn new(write_response_topic: String) -> Arc<Self> {
         Arc::new(Self {
             snapshot: Mutex::default(),
+            pending_writes: Mutex::default(),
+            write_response_topic,
             updates: broadcast::channel(STREAM_BACKLOG).0,
             started: Instant::now(),
         })
@@ -76,6 +82,10 @@ impl Live {
     /// Consumes group messages and status updates until the bus closes.
     pub async fn follow(self: Arc<Self>, mut bus: Subscription) {
         while let Some((topic, payload)) = bus.next_with_topic().await {
+            if topic == self.write_response_topic.as_bytes() {
+                self.answer_write(&payload);
+                continue;
+            }
             if topic.starts_with(STATUS_TOPIC_PREFIX.as_bytes()) {
                 if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&payload)
                     && let Some(instance) = status["instance"].as_str()
@@ -124,6 +134,35 @@ impl Live {
             state.error = Some(error.code);
             state.timestamp_ms = message.timestamp_ms;
         }
+    }
+
+    /// Registers a write request's uuid; the receiver gets its answer.
+    pub fn expect_write_answer(&self, uuid: &str) -> oneshot::Receiver<serde_json::Value> {
+        let (answer, receiver) = oneshot::channel();
+        self.writes().insert(uuid.to_string(), answer);
+        receiver
+    }
+
+    /// Forgets a write whose caller stopped waiting.
+    pub fn forget_write(&self, uuid: &str) {
+        self.writes().remove(uuid);
+    }
+
+    fn answer_write(&self, payload: &[u8]) {
+        let Ok(response) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return;
+        };
+        // Answers to MQTT clients' writes are not ours to take.
+        let waiting = response["uuid"]
+            .as_str()
+            .and_then(|uuid| self.writes().remove(uuid));
+        if let Some(answer) = waiting {
+            let _ = answer.send(response);
+        }
+    }
+
+    fn writes(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<serde_json::Value>>> {
+        self.pending_writes.lock().expect("pending writes lock")
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {

@@ -10,6 +10,7 @@
 //! | `/api/devices` | per device: group messages, tag errors, last message time |
 //! | `/api/plugins` | each plugin instance's state, restarts and last error |
 //! | `/api/stream` | Server-Sent Events: every group message as the bus carries it |
+//! | `POST /api/write` | a tag write in Neuron's shape; goes the MQTT write path, so the same checks apply |
 //! | `/metrics` | Prometheus text format |
 
 mod live;
@@ -18,22 +19,34 @@ mod metrics;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::Stream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::bus::Publisher;
 use crate::site::SinkMetrics;
 pub use live::Live;
 
 const PAGE: &str = include_str!("page.html");
+
+/// How long `POST /api/write` waits for the device's answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where HTTP writes go: the bus's write topic, answered on its response
+/// topic (which the live view follows).
+pub struct WritePath {
+    pub publisher: Publisher,
+    pub topic: String,
+}
 
 /// Counters kept elsewhere in the host that `/metrics` reads.
 pub struct Counters {
@@ -46,6 +59,7 @@ pub struct Counters {
 struct AppState {
     live: Arc<Live>,
     counters: Arc<Counters>,
+    writes: Arc<WritePath>,
     site: Arc<str>,
 }
 
@@ -56,10 +70,12 @@ pub async fn serve(
     site: &str,
     live: Arc<Live>,
     counters: Counters,
+    writes: WritePath,
 ) -> anyhow::Result<()> {
     let state = AppState {
         live,
         counters: Arc::new(counters),
+        writes: Arc::new(writes),
         site: site.into(),
     };
     let app = Router::new()
@@ -69,6 +85,7 @@ pub async fn serve(
         .route("/api/devices", get(devices))
         .route("/api/plugins", get(plugins))
         .route("/api/stream", get(stream))
+        .route("/api/write", post(write))
         .route("/metrics", get(metrics))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -116,6 +133,35 @@ async fn stream(
         .filter_map(|message| message.ok())
         .map(|json| Ok(Event::default().data(&*json)));
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// Publishes the request on the write topic with a fresh uuid and waits
+/// for its answer: `{"uuid":..,"error":0}` or a code and a message, the
+/// same as an MQTT client gets (200 either way; 504 if no answer came).
+async fn write(
+    State(state): State<AppState>,
+    Json(mut request): Json<serde_json::Value>,
+) -> impl IntoResponse {
+    let Some(fields) = request.as_object_mut() else {
+        let error = serde_json::json!({"error": 1, "message": "not a JSON object"});
+        return (StatusCode::BAD_REQUEST, Json(error));
+    };
+    let uuid = format!("http-{:016x}", rand::random::<u64>());
+    fields.insert("uuid".into(), uuid.clone().into());
+    let answer = state.live.expect_write_answer(&uuid);
+    state.writes.publisher.publish(
+        state.writes.topic.clone(),
+        request.to_string().into_bytes(),
+        false,
+    );
+    match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
+        Ok(Ok(response)) => (StatusCode::OK, Json(response)),
+        _ => {
+            state.live.forget_write(&uuid);
+            let error = serde_json::json!({"uuid": uuid, "error": 5, "message": "no answer from the device in time"});
+            (StatusCode::GATEWAY_TIMEOUT, Json(error))
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

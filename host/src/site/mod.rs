@@ -8,7 +8,7 @@ mod writes;
 pub use sink::{MIN_BUFFER_BYTES, SinkMetrics};
 
 use crate::bus::{BusBuilder, Subscription};
-use crate::http::Counters;
+use crate::http::{Counters, WritePath};
 use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
 use crate::plugin::engine::CodeSource;
@@ -257,14 +257,18 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     let bus_skips = bus.report_skips()?;
     bus.start()?;
     if let Some((listen, feed)) = live_view {
-        let live = crate::http::Live::new();
+        let live = crate::http::Live::new(manifest.broker.write_response_topic.clone());
         tokio::spawn(live.clone().follow(feed));
         let counters = Counters {
             sinks: sink_metrics,
             bus_publish_dropped: publisher.dropped(),
             bus_subscriber_skips: bus_skips,
         };
-        crate::http::serve(listen, &manifest.site.name, live, counters).await?;
+        let writes = WritePath {
+            publisher: publisher.clone(),
+            topic: manifest.broker.write_topic.clone(),
+        };
+        crate::http::serve(listen, &manifest.site.name, live, counters, writes).await?;
     }
     print_where_to_look(&loaded, started);
     let (stop_sinks, stopping) = watch::channel(false);
@@ -296,9 +300,13 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The live view's link: every group topic and the plugin status topics.
+/// The live view's link: every group topic, the plugin status topics and
+/// the write answers (for writes made over HTTP).
 fn live_feed(bus: &BusBuilder, loaded: &LoadedManifest) -> anyhow::Result<Subscription> {
-    let mut filters = vec![format!("{STATUS_TOPIC_PREFIX}#")];
+    let mut filters = vec![
+        format!("{STATUS_TOPIC_PREFIX}#"),
+        loaded.manifest.broker.write_response_topic.clone(),
+    ];
     for (device, section) in &loaded.manifest.devices {
         for group in section.groups.keys() {
             filters.push(loaded.topic.render(device, group));
