@@ -110,3 +110,36 @@ fn plugins_list_shows_world_and_version_and_rejects_other_wit_versions() {
         "rejection names both versions: {stdout}"
     );
 }
+
+#[test]
+fn plugins_inspect_shows_world_imports_and_documented_settings() {
+    let inspect = |file: std::path::PathBuf| {
+        let output = Command::new(env!("CARGO_BIN_EXE_omh-host"))
+            .args(["plugins", "inspect"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let modbus = inspect(plugins_dir().join("modbus-tcp.wasm"));
+    for expected in [
+        "world     driver",
+        "omh:plugin/driver-api@0.1.0",
+        "wasi:sockets/tcp",
+        "timeout_ms",
+    ] {
+        assert!(modbus.contains(expected), "{expected} in:\n{modbus}");
+    }
+    let timescale = inspect(plugins_dir().join("timescale.wasm"));
+    assert!(
+        timescale.contains("world     sink") && timescale.contains("mapping"),
+        "{timescale}"
+    );
+    let future = inspect(test_plugins_dir().join("future-wit-driver.wasm"));
+    assert!(
+        future.contains("loadable  no") && future.contains("0.9.0"),
+        "{future}"
+    );
+    assert!(future.contains("settings  (not documented"), "{future}");
+}

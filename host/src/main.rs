@@ -93,6 +93,14 @@ enum PluginsCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Show what one plugin file is: its world and WIT version, whether this
+    /// host can load it, what it imports and exports, and the settings it
+    /// documents (if its author used the SDK's `describe_settings!`).
+    Inspect {
+        /// The `.wasm` component to inspect.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +113,9 @@ fn main() -> ExitCode {
         Some(Command::Plugins {
             command: PluginsCommand::List { dir },
         }) => list_plugins(cli.manifest.as_deref(), dir),
+        Some(Command::Plugins {
+            command: PluginsCommand::Inspect { file },
+        }) => inspect_plugin(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,6 +197,35 @@ fn list_plugins(manifest: Option<&Path>, dir: Option<PathBuf>) -> anyhow::Result
     }
     for (path, reason) in &catalog.rejected {
         println!("rejected {}: {reason}", path.display());
+    }
+    Ok(())
+}
+
+fn inspect_plugin(file: &Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let description = plugin::inspect::describe(&bytes).map_err(anyhow::Error::msg)?;
+    println!("file      {} ({} KiB)", file.display(), bytes.len() >> 10);
+    match plugin::catalog::inspect(file) {
+        Ok(plugin) => {
+            println!("world     {}", plugin.world);
+            println!(
+                "wit       {WIT_PACKAGE}@{} (this host: {WIT_VERSION}; loadable)",
+                plugin.wit_version
+            );
+        }
+        Err(reason) => println!("loadable  no: {reason}"),
+    }
+    println!("exports   {}", description.exports.join(", "));
+    println!("imports   {}", description.imports.join("\n          "));
+    match description.settings {
+        Some(settings) => {
+            println!("settings");
+            for line in settings.lines() {
+                println!("  {line}");
+            }
+        }
+        None => println!("settings  (not documented in the file)"),
     }
     Ok(())
 }

@@ -54,6 +54,7 @@ pub mod bindings {
     });
 }
 
+mod describe;
 mod error;
 mod instance;
 mod logging;

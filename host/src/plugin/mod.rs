@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod catalog;
 pub mod engine;
+pub mod inspect;
 pub mod runtime;
 pub mod state;
 pub mod supervisor;

@@ -106,3 +106,14 @@ fn group_plan<'g>(
 }
 
 omh_sdk::export_driver!(ModbusTcp);
+omh_sdk::describe_settings!(
+    "address_base         1 | 0    (default 1)     number of the first register in addresses: 1 makes 1!40001 offset 0
+timeout_ms           integer  (default 1000)  bounds connecting and each request
+retries              integer  (default 0)     further attempts, on a fresh connection, after a request fails
+request_interval_ms  integer  (default 0)     least time between two requests, for devices that drop back-to-back ones
+max_gap              integer  (default 16)    unused registers or bits one read may span to serve two tags
+skip_silent_slave    bool     (default true)  once a slave times out, fail its other reads of this poll at once
+write_multiple       bool     (default false) write with functions 15/16 only
+backup_endpoint      set by the host from the device's backup_endpoint; not for settings
+Tags: address SLAVE!ADDRESS[.BIT][#ENDIAN][.LEN[H|L|D|E]], type bit|bool|int16|uint16|int32|uint32|int64|uint64|float|double|string; see plugins/modbus-tcp/README.md"
+);

@@ -91,3 +91,10 @@ impl Sink for Timescale {
 }
 
 omh_sdk::export_sink!(Timescale);
+omh_sdk::describe_settings!(
+    "mapping   \"template\" | \"narrow\"  (default \"template\")
+template  SQL with ${tag}, ${timestamp}, ${node}, ${group} placeholders; one row per group message (template mapping)
+table     (default \"readings\")  narrow mapping: table with columns time, site, device, tag, value_double, value_text, quality
+site      (default \"omh\")       narrow mapping: value of the site column
+See plugins/timescale/README.md"
+);
