@@ -6,4 +6,5 @@
 
 pub mod modbus;
 pub mod postgres;
+pub mod proc;
 pub mod site;
