@@ -15,12 +15,10 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::modbus::{Memory, ModbusServer};
-use support::site::{RunningSite, free_port, manifest_header, plugins_dir};
+use support::proc::cpu_seconds;
+use support::site::{BusCounter, RunningSite, free_port, manifest_header, plugins_dir};
 use tokio_modbus::client::Reader;
 
 /// Fast-polling device: groups x reads per group x tags per read.
@@ -31,58 +29,6 @@ const TAGS_PER_READ: u16 = 10;
 /// planner cannot merge them.
 const READ_STRIDE: u16 = 100;
 const MEASURE: Duration = Duration::from_secs(5);
-
-/// Counts group messages on the bus, and whether any carried errors.
-#[derive(Clone, Default)]
-struct BusCounter {
-    messages: Arc<AtomicU64>,
-    errors_seen: Arc<AtomicBool>,
-}
-
-impl BusCounter {
-    fn connect(port: u16) -> Self {
-        let counter = Self::default();
-        let mut options = MqttOptions::new(format!("bench-{}", free_port()), "127.0.0.1", port);
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, 1000);
-        let (messages, errors_seen) = (counter.messages.clone(), counter.errors_seen.clone());
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => client
-                        .subscribe("/neuron/omh/#", QoS::AtMostOnce)
-                        .await
-                        .unwrap(),
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        messages.fetch_add(1, Ordering::Relaxed);
-                        // A good group message ends with an empty errors object.
-                        if !publish.payload.ends_with(b"\"errors\":{}}") {
-                            errors_seen.store(true, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
-        counter
-    }
-
-    fn count(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
-    }
-
-    /// Messages per second over `window`, after the first message arrived.
-    async fn rate(&self, window: Duration) -> f64 {
-        while self.count() == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
-        let (before, started) = (self.count(), Instant::now());
-        tokio::time::sleep(window).await;
-        (self.count() - before) as f64 / started.elapsed().as_secs_f64()
-    }
-}
 
 /// Tags of one group: `READS_PER_GROUP` runs of `TAGS_PER_READ` registers.
 fn fast_group_tags(group: u16) -> String {
@@ -110,7 +56,7 @@ fn start_site(dir: &tempfile::TempDir, devices: &str) -> (RunningSite, BusCounte
     )
     .unwrap();
     let site = RunningSite::start(&manifest, &[("OMH_LOG", "warn".into())], dir.path());
-    (site, BusCounter::connect(mqtt_port))
+    (site, BusCounter::connect(mqtt_port, "/neuron/omh/#"))
 }
 
 /// Requests/s of tokio-modbus doing the fast device's reads back to back.
@@ -152,7 +98,7 @@ async fn wasm_requests_per_second(server: &ModbusServer) -> f64 {
     let (mut site, bus) = start_site(&dir, &devices);
     let messages_per_second = bus.rate(MEASURE).await;
     site.assert_alive();
-    assert!(!bus.errors_seen.load(Ordering::Relaxed), "{}", site.log());
+    assert!(!bus.errors_seen(), "{}", site.log());
     messages_per_second * f64::from(READS_PER_GROUP)
 }
 
@@ -190,27 +136,8 @@ async fn ten_thousand_tags(server: &ModbusServer) -> (f64, f64) {
     let cpu = (cpu_seconds(site.pid()) - cpu_before) / elapsed * 100.0;
     let points = (bus.count() - messages_before) as f64 * f64::from(TAGS) / elapsed;
     site.assert_alive();
-    assert!(!bus.errors_seen.load(Ordering::Relaxed), "{}", site.log());
+    assert!(!bus.errors_seen(), "{}", site.log());
     (points, cpu)
-}
-
-/// User + system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are
-    // fields 14 and 15 of the whole line.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 #[tokio::main]

@@ -7,4 +7,5 @@
 pub mod browser;
 pub mod modbus;
 pub mod postgres;
+pub mod proc;
 pub mod site;

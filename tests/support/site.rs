@@ -1,11 +1,13 @@
 //! Runs the real `omh-host` binary on a manifest, with its log captured to a
 //! file that failing assertions print, plus the pieces end-to-end tests
-//! share: free ports, the built plugins, and an MQTT client that collects.
+//! and benches share: free ports, the built plugins, an MQTT client that
+//! collects and one that only counts.
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -296,5 +298,65 @@ impl Collector {
 
     pub fn last_on(&self, topic: &str) -> Option<serde_json::Value> {
         self.on(topic).pop()
+    }
+}
+
+/// Counts group messages on one topic filter, and whether any carried
+/// errors; cheap enough to watch a bench's full rate.
+#[derive(Clone, Default)]
+pub struct BusCounter {
+    messages: Arc<AtomicU64>,
+    errors_seen: Arc<AtomicBool>,
+}
+
+impl BusCounter {
+    /// Connects to the broker at `port` (retrying while it starts) and
+    /// subscribes to `filter`.
+    pub fn connect(port: u16, filter: &str) -> Self {
+        let counter = Self::default();
+        let mut options = MqttOptions::new(format!("bench-{}", free_port()), "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (messages, errors_seen) = (counter.messages.clone(), counter.errors_seen.clone());
+        let filter = filter.to_string();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => client
+                        .subscribe(filter.clone(), QoS::AtMostOnce)
+                        .await
+                        .unwrap(),
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        messages.fetch_add(1, Ordering::Relaxed);
+                        // A good group message ends with an empty errors object.
+                        if !publish.payload.ends_with(b"\"errors\":{}}") {
+                            errors_seen.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        counter
+    }
+
+    pub fn count(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub fn errors_seen(&self) -> bool {
+        self.errors_seen.load(Ordering::Relaxed)
+    }
+
+    /// Messages per second over `window`, after the first message arrived.
+    pub async fn rate(&self, window: Duration) -> f64 {
+        while self.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await; // warm-up
+        let (before, started) = (self.count(), Instant::now());
+        tokio::time::sleep(window).await;
+        (self.count() - before) as f64 / started.elapsed().as_secs_f64()
     }
 }
