@@ -60,12 +60,35 @@ pub struct Stats {
     pub dropped: u64,
 }
 
+/// A buffer's shared side, usable while another task reads: its numbers,
+/// and acking what has been delivered.
 #[derive(Clone)]
-pub struct StatsHandle(Arc<Shared>);
+pub struct BufferHandle(Arc<Shared>);
 
-impl StatsHandle {
+impl BufferHandle {
     pub fn stats(&self) -> Stats {
         self.0.stats()
+    }
+
+    /// This buffer's identity, stored with the sink's progress.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// Marks everything up to `seq` as delivered and deletes segments
+    /// holding nothing else.
+    pub fn ack(&self, seq: u64) -> io::Result<()> {
+        let shared = &self.0;
+        shared.acked.fetch_max(seq, Ordering::Relaxed);
+        let tmp = shared.dir.join("acked.tmp");
+        std::fs::write(&tmp, format!("{seq}\n"))?;
+        std::fs::rename(&tmp, shared.dir.join("acked"))?;
+        let mut segments = shared.segments();
+        while segments.len() > 1 && segments[0].last_seq <= seq {
+            let done = segments.pop_front().expect("more than one segment");
+            std::fs::remove_file(shared.segment_path(done.first_seq))?;
+        }
+        Ok(())
     }
 }
 
@@ -292,23 +315,14 @@ struct OpenSegment {
 }
 
 impl BufferReader {
-    /// This buffer's identity, stored with the sink's progress.
-    pub fn id(&self) -> &str {
-        &self.shared.id
-    }
-
     /// Records written and not yet handed out.
     pub fn available(&self) -> u64 {
         (*self.durable.borrow() + 1).saturating_sub(self.position)
     }
 
-    pub fn stats(&self) -> Stats {
-        self.shared.stats()
-    }
-
-    /// Reads this buffer's numbers from elsewhere (metrics).
-    pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle(self.shared.clone())
+    /// The buffer's shared side, for the task that acks and for metrics.
+    pub fn handle(&self) -> BufferHandle {
+        BufferHandle(self.shared.clone())
     }
 
     /// Waits for a first record, then up to `linger` for `max` of them;
@@ -329,21 +343,6 @@ impl BufferReader {
             }
         }
         self.read(max)
-    }
-
-    /// Marks everything up to `seq` as delivered and deletes segments
-    /// holding nothing else.
-    pub fn ack(&mut self, seq: u64) -> io::Result<()> {
-        self.shared.acked.fetch_max(seq, Ordering::Relaxed);
-        let tmp = self.shared.dir.join("acked.tmp");
-        std::fs::write(&tmp, format!("{seq}\n"))?;
-        std::fs::rename(&tmp, self.shared.dir.join("acked"))?;
-        let mut segments = self.shared.segments();
-        while segments.len() > 1 && segments[0].last_seq <= seq {
-            let done = segments.pop_front().expect("more than one segment");
-            std::fs::remove_file(self.shared.segment_path(done.first_seq))?;
-        }
-        Ok(())
     }
 
     /// Reads up to `max` records, as far as is durable now.

@@ -48,13 +48,13 @@ async fn delivers_in_order_across_segments_and_acks_free_them() {
         (0..25).map(|i| format!("message {i}")).collect::<Vec<_>>()
     );
     assert_eq!(second.last().unwrap().seq, 25);
-    reader.ack(25).unwrap();
+    reader.handle().ack(25).unwrap();
     assert_eq!(
         segment_files(dir.path()),
         1,
         "only the current segment stays"
     );
-    assert_eq!(reader.stats().pending, 0);
+    assert_eq!(reader.handle().stats().pending, 0);
 }
 
 #[tokio::test]
@@ -64,7 +64,7 @@ async fn a_reopened_buffer_replays_only_what_was_not_acked() {
         let (mut writer, mut reader) = open(dir.path(), SMALL).unwrap();
         writer.append(payloads(0..10)).await.unwrap();
         let batch = reader.next_batch(4, NO_LINGER).await.unwrap();
-        reader.ack(batch.last().unwrap().seq).unwrap();
+        reader.handle().ack(batch.last().unwrap().seq).unwrap();
         // Handed out but never acked: must come again.
         reader.next_batch(3, NO_LINGER).await.unwrap();
     }
@@ -84,7 +84,7 @@ async fn numbering_continues_after_everything_was_acked() {
         let (mut writer, mut reader) = open(dir.path(), SMALL).unwrap();
         writer.append(payloads(0..30)).await.unwrap();
         let all = reader.next_batch(100, NO_LINGER).await.unwrap();
-        reader.ack(all.last().unwrap().seq).unwrap();
+        reader.handle().ack(all.last().unwrap().seq).unwrap();
     }
     let (mut writer, mut reader) = open(dir.path(), SMALL).unwrap();
     assert_eq!(reader.available(), 0);
@@ -143,7 +143,7 @@ async fn when_full_the_oldest_undelivered_records_are_dropped_and_counted() {
     for i in 0..40 {
         writer.append(payloads(i..i + 1)).await.unwrap();
     }
-    let stats = reader.stats();
+    let stats = reader.handle().stats();
     assert!(stats.bytes_on_disk <= 300 + 100, "{stats:?}");
     assert!(stats.dropped > 0, "{stats:?}");
     let rest = reader.next_batch(100, NO_LINGER).await.unwrap();

@@ -137,7 +137,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             messages: AtomicU64::default(),
             rows: AtomicU64::default(),
             failed_attempts: AtomicU64::default(),
-            buffer: buffer.1.stats_handle(),
+            buffer: buffer.1.handle(),
         });
         sink_metrics.push((name.clone(), metrics.clone()));
         sinks.push(SinkTask {

@@ -10,7 +10,7 @@
 //! replaying after a crash skips what the database already holds: the
 //! committed position comes from the database itself, not from our memory.
 
-use crate::buffer::{self, BufferReader, BufferWriter, Record, StatsHandle};
+use crate::buffer::{self, BufferHandle, BufferReader, BufferWriter, Record};
 use crate::bus::{Subscription, neuron};
 use crate::plugin::bindings::types::Message;
 use crate::plugin::runtime::Sink;
@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The smallest `buffer_max_bytes` a manifest may set.
@@ -38,7 +38,7 @@ pub struct SinkMetrics {
     pub messages: AtomicU64,
     pub rows: AtomicU64,
     pub failed_attempts: AtomicU64,
-    pub buffer: StatsHandle,
+    pub buffer: BufferHandle,
 }
 
 pub struct SinkTask {
@@ -80,19 +80,26 @@ impl SinkTask {
             buffer_writer,
             stopping.clone(),
         ));
+        let (batches, next_batch) = mpsc::channel(1);
         let writer = Writer {
-            name: self.name,
+            name: self.name.clone(),
             metrics: self.metrics,
             progress_key: self.progress_key,
             plugin: self.plugin,
             storage: self.storage,
-            reader,
+            buffer: reader.handle(),
             committed: None,
-            undecodable: 0,
         };
-        writer
-            .run(self.batch_size, self.flush_interval, consumer, stopping)
-            .await;
+        tokio::spawn(read_ahead(
+            self.name,
+            reader,
+            self.batch_size,
+            self.flush_interval,
+            consumer,
+            stopping,
+            batches,
+        ));
+        writer.run(next_batch).await;
     }
 }
 
@@ -125,61 +132,75 @@ async fn consume(
     tracing::debug!(sink = %name, "bus drained into the buffer");
 }
 
-/// Buffer to database.
+/// Buffer to batches, one batch ahead of the writer: the next batch is read
+/// and decoded while the current one is in the database.
+async fn read_ahead(
+    name: Arc<str>,
+    mut reader: BufferReader,
+    batch_size: usize,
+    flush_interval: Duration,
+    consumer: JoinHandle<()>,
+    mut stopping: watch::Receiver<bool>,
+    batches: mpsc::Sender<Batch>,
+) {
+    let mut undecodable = 0u64;
+    loop {
+        let draining = *stopping.borrow();
+        if draining && consumer.is_finished() && reader.available() == 0 {
+            break;
+        }
+        let linger = if draining {
+            Duration::ZERO
+        } else {
+            flush_interval
+        };
+        let records = tokio::select! {
+            records = reader.next_batch(batch_size, linger) => records,
+            _ = stopping.changed(), if !draining => continue,
+            // Look again whether the consumer has finished.
+            _ = tokio::time::sleep(DRAIN_QUIET), if draining => continue,
+        };
+        match records {
+            Ok(records) if records.is_empty() => break,
+            Ok(records) => {
+                let batch = Batch::decode(&name, records, &mut undecodable);
+                if batches.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::error!(sink = %name, %error, "cannot read the sink's buffer");
+                tokio::time::sleep(MAX_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Batches to database.
 struct Writer {
     name: Arc<str>,
     metrics: Arc<SinkMetrics>,
     progress_key: String,
     plugin: Supervised<Sink>,
     storage: Storage,
-    reader: BufferReader,
+    buffer: BufferHandle,
     /// The database's committed position, once asked (and asked again
     /// whenever a commit's outcome is unknown).
     committed: Option<u64>,
-    undecodable: u64,
 }
 
 impl Writer {
-    async fn run(
-        mut self,
-        batch_size: usize,
-        flush_interval: Duration,
-        consumer: JoinHandle<()>,
-        mut stopping: watch::Receiver<bool>,
-    ) {
-        loop {
-            let draining = *stopping.borrow();
-            if draining && consumer.is_finished() && self.reader.available() == 0 {
-                break;
-            }
-            let linger = if draining {
-                Duration::ZERO
-            } else {
-                flush_interval
-            };
-            let records = tokio::select! {
-                records = self.reader.next_batch(batch_size, linger) => records,
-                _ = stopping.changed(), if !draining => continue,
-                // Look again whether the consumer has finished.
-                _ = tokio::time::sleep(DRAIN_QUIET), if draining => continue,
-            };
-            match records {
-                Ok(records) if records.is_empty() => break,
-                Ok(records) => self.deliver(records).await,
-                Err(error) => {
-                    tracing::error!(sink = %self.name, %error, "cannot read the sink's buffer");
-                    tokio::time::sleep(MAX_RETRY).await;
-                }
-            }
+    async fn run(mut self, mut batches: mpsc::Receiver<Batch>) {
+        while let Some(batch) = batches.recv().await {
+            self.deliver(batch).await;
         }
-        let pending = self.reader.stats().pending;
+        let pending = self.buffer.stats().pending;
         tracing::info!(sink = %self.name, pending, "sink stopped");
     }
 
     /// Writes one batch, retrying until it is committed.
-    async fn deliver(&mut self, records: Vec<Record>) {
-        let last = records.last().expect("a batch is never empty").seq;
-        let batch = self.decode(records);
+    async fn deliver(&mut self, batch: Batch) {
+        let last = batch.last;
         let mut retry = FIRST_RETRY;
         let mut failures = 0u32;
         loop {
@@ -199,7 +220,7 @@ impl Writer {
                     failures += 1;
                     self.metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     if failures == 1 || failures.is_power_of_two() {
-                        let buffer = self.reader.stats();
+                        let buffer = self.buffer.stats();
                         tracing::warn!(
                             sink = %self.name, %error, attempts = failures,
                             pending = buffer.pending, buffered_bytes = buffer.bytes_on_disk,
@@ -212,32 +233,9 @@ impl Writer {
                 }
             }
         }
-        if let Err(error) = self.reader.ack(last) {
+        if let Err(error) = self.buffer.ack(last) {
             // Only costs a replay, which the committed position dedups.
             tracing::warn!(sink = %self.name, %error, "cannot record delivery in the buffer");
-        }
-    }
-
-    fn decode(&mut self, records: Vec<Record>) -> Batch {
-        let mut seqs = Vec::with_capacity(records.len());
-        let mut messages = Vec::with_capacity(records.len());
-        for record in records {
-            match neuron::decode(&record.payload) {
-                Ok(message) => {
-                    seqs.push(record.seq);
-                    messages.push(message);
-                }
-                Err(error) => {
-                    self.undecodable += 1;
-                    if self.undecodable.is_power_of_two() {
-                        tracing::warn!(sink = %self.name, %error, count = self.undecodable, "skipping message that is not a group message");
-                    }
-                }
-            }
-        }
-        Batch {
-            seqs,
-            messages: Arc::new(messages),
         }
     }
 
@@ -249,7 +247,7 @@ impl Writer {
             None => {
                 let position = self
                     .storage
-                    .committed_position(&self.progress_key, self.reader.id())
+                    .committed_position(&self.progress_key, self.buffer.id())
                     .await
                     .map_err(|e| e.to_string())?;
                 self.committed = Some(position);
@@ -282,7 +280,7 @@ impl Writer {
         };
         let progress = Progress {
             sink: &self.progress_key,
-            buffer_id: self.reader.id(),
+            buffer_id: self.buffer.id(),
             position: last,
         };
         if let Err(error) = self.storage.commit_batch(progress).await {
@@ -300,9 +298,36 @@ impl Writer {
 struct Batch {
     seqs: Vec<u64>,
     messages: Arc<Vec<Message>>,
+    /// The last record of the batch, decodable or not: what to ack.
+    last: u64,
 }
 
 impl Batch {
+    fn decode(sink: &str, records: Vec<Record>, undecodable: &mut u64) -> Self {
+        let last = records.last().expect("a batch is never empty").seq;
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut messages = Vec::with_capacity(records.len());
+        for record in records {
+            match neuron::decode(&record.payload) {
+                Ok(message) => {
+                    seqs.push(record.seq);
+                    messages.push(message);
+                }
+                Err(error) => {
+                    *undecodable += 1;
+                    if undecodable.is_power_of_two() {
+                        tracing::warn!(sink, %error, count = *undecodable, "skipping message that is not a group message");
+                    }
+                }
+            }
+        }
+        Self {
+            seqs,
+            messages: Arc::new(messages),
+            last,
+        }
+    }
+
     /// The messages after `committed`: all of them, except when replaying
     /// what was written before a crash or a lost COMMIT reply.
     fn after(&self, committed: u64) -> Arc<Vec<Message>> {

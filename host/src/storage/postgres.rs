@@ -226,11 +226,7 @@ impl Connection {
         rows: &[Vec<SqlValue>],
     ) -> Result<u64, StorageError> {
         let prepared = self.prepare(statement).await?;
-        let params: Vec<Vec<Param>> = rows
-            .iter()
-            .map(|row| row.iter().map(Param).collect())
-            .collect();
-        let executions = params.iter().map(|row| {
+        let executions = rows.iter().map(|row| {
             let refs: Vec<&(dyn ToSql + Sync)> =
                 row.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
             let client = &self.client;
@@ -294,10 +290,12 @@ impl Connection {
         let writer = BinaryCopyInWriter::new(sink, &types);
         futures::pin_mut!(writer);
         for row in rows {
-            let params: Vec<Param> = row.iter().map(Param).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            writer.as_mut().write(&refs).await.map_err(classify)?;
+            // No per-row allocation: COPY is the hot path of the narrow sink.
+            writer
+                .as_mut()
+                .write_raw(row.iter())
+                .await
+                .map_err(classify)?;
         }
         writer.finish().await.map_err(classify)
     }
@@ -326,20 +324,16 @@ fn classify(error: tokio_postgres::Error) -> StorageError {
     }
 }
 
+type BoxError = Box<dyn Error + Sync + Send>;
+
 /// Binds a plugin's value to whatever type the server declared for the
 /// parameter, so `${temperature}` (an int from Modbus) fits a
 /// `DOUBLE PRECISION` column without casts in every template.
-#[derive(Debug)]
-struct Param<'a>(&'a SqlValue);
-
-type BoxError = Box<dyn Error + Sync + Send>;
-
-impl ToSql for Param<'_> {
+impl ToSql for SqlValue {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
-        let mismatch = || -> BoxError {
-            format!("cannot bind {:?} to a parameter of type {ty}", self.0).into()
-        };
-        match self.0 {
+        let mismatch =
+            || -> BoxError { format!("cannot bind {self:?} to a parameter of type {ty}").into() };
+        match self {
             SqlValue::Null => Ok(IsNull::Yes),
             SqlValue::Bool(b) => match *ty {
                 Type::BOOL => b.to_sql(ty, out),
