@@ -11,9 +11,10 @@ use crate::bus::{BusBuilder, Subscription};
 use crate::http::{Counters, WritePath};
 use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
-use crate::plugin::engine::CodeSource;
+use crate::plugin::engine::{CodeSource, sha256_hex};
 use crate::plugin::runtime::{Group, InstanceSpec, PluginRuntime, Tag};
 use crate::plugin::state::Grants;
+use crate::plugin::versions::{PluginVersions, Version};
 use crate::status::{STATUS_TOPIC_PREFIX, StatusBoard};
 use crate::storage::{Storage, StorageUrl};
 use anyhow::{Context, bail};
@@ -21,8 +22,8 @@ use device::{DeviceTask, GroupSchedule};
 use sink::SinkTask;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use writes::Responder;
@@ -31,7 +32,6 @@ use writes::Responder;
 const WRITE_QUEUE: usize = 64;
 /// How long a stopping site waits for its sinks to write what they hold.
 const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-use wasmtime::component::Component;
 
 /// Every plugin the manifest uses, resolved against the catalog. Problems
 /// are collected so `check` reports them all at once.
@@ -84,22 +84,12 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         anyhow::anyhow!("{}: {}", loaded.path.display(), problems.join("\n"))
     })?;
 
-    let runtime = PluginRuntime::new(loaded.data_dir.join("cache").join("compiled"))?;
-    let mut components: HashMap<&str, Component> = HashMap::new();
+    let runtime = Arc::new(PluginRuntime::new(
+        loaded.data_dir.join("cache").join("compiled"),
+    )?);
+    let mut versions = PluginVersions::default();
     for (name, plugin) in &plugins {
-        let t = Instant::now();
-        eprintln!(
-            "  loading plugin {name} ({}, {} KiB)...",
-            plugin.world,
-            plugin.size >> 10
-        );
-        let (component, source) = runtime.load(&plugin.path)?;
-        let how = match source {
-            CodeSource::Cache => "from compiled-code cache",
-            CodeSource::Compiled => "compiled",
-        };
-        eprintln!("  plugin {name}: {how} in {} ms", t.elapsed().as_millis());
-        components.insert(name.as_str(), component);
+        versions.insert(name, plugin.world, load_plugin(&runtime, plugin)?);
     }
 
     for (name, simulator) in &manifest.simulators {
@@ -127,7 +117,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             settings: to_json(&section.settings),
         };
         let plugin = runtime.sink(
-            &components[section.plugin.as_str()],
+            versions.follow(&section.plugin),
             spec.clone(),
             status.clone(),
         )?;
@@ -199,7 +189,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             })
             .collect();
         let driver = runtime.driver(
-            &components[section.driver.as_str()],
+            versions.follow(&section.driver),
             spec.clone(),
             endpoint.to_string(),
             groups,
@@ -218,7 +208,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
                     settings: to_json(&t.settings),
                 };
                 let instance =
-                    runtime.transform(&components[t.plugin.as_str()], spec, status.clone())?;
+                    runtime.transform(versions.follow(&t.plugin), spec, status.clone())?;
                 chain.push((transform_name.clone(), instance));
             }
             schedules.push(GroupSchedule::new(
@@ -270,6 +260,11 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         };
         crate::http::serve(listen, &manifest.site.name, live, counters, writes).await?;
     }
+    crate::plugin::reload::watch_plugins(
+        &loaded.plugins_dir,
+        runtime,
+        Arc::new(Mutex::new(versions)),
+    )?;
     print_where_to_look(&loaded, started);
     let (stop_sinks, stopping) = watch::channel(false);
     let sink_tasks: Vec<_> = sinks
@@ -300,6 +295,38 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads and compiles (or takes from the cache) one plugin file, with
+/// progress output: compiling can take seconds.
+fn load_plugin(runtime: &PluginRuntime, plugin: &PluginFile) -> anyhow::Result<Version> {
+    let started = Instant::now();
+    eprintln!(
+        "  loading plugin {} ({}, {} KiB)...",
+        plugin.name,
+        plugin.world,
+        plugin.size >> 10
+    );
+    let bytes = std::fs::read(&plugin.path)
+        .with_context(|| format!("cannot read {}", plugin.path.display()))?;
+    let (component, source) = runtime
+        .load(&bytes)
+        .with_context(|| format!("cannot compile {}", plugin.path.display()))?;
+    let how = match source {
+        CodeSource::Cache => "from compiled-code cache",
+        CodeSource::Compiled => "compiled",
+    };
+    eprintln!(
+        "  plugin {}: {how} in {} ms",
+        plugin.name,
+        started.elapsed().as_millis()
+    );
+    Ok(Version {
+        component,
+        sha256: sha256_hex(&bytes).into(),
+        swaps: None,
+    })
+}
+
+/// The live view's link: every group topic and the plugin status topics.
 /// The live view's link: every group topic, the plugin status topics and
 /// the write answers (for writes made over HTTP).
 fn live_feed(bus: &BusBuilder, loaded: &LoadedManifest) -> anyhow::Result<Subscription> {
