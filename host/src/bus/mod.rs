@@ -15,9 +15,9 @@ use rumqttd::{
     ServerSettings,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 
 /// Messages waiting for the publisher thread. Enough for seconds of a busy
 /// site; beyond it the router is not keeping up and we drop, counted.
@@ -92,7 +92,7 @@ impl BusBuilder {
         })
     }
 
-    /// A link subscribed to `filters`, for a sink.
+    /// A link subscribed to `filters`, for the life of the process.
     pub fn subscription(
         &self,
         client_id: &str,
@@ -102,15 +102,28 @@ impl BusBuilder {
             .broker
             .link(client_id)
             .map_err(|e| anyhow::anyhow!("cannot link {client_id} to broker: {e}"))?;
-        for filter in filters {
-            link_tx
-                .subscribe(filter.clone())
-                .map_err(|e| anyhow::anyhow!("cannot subscribe {client_id} to {filter}: {e}"))?;
-        }
+        subscribe(&mut link_tx, client_id, filters)?;
         Ok(Subscription {
-            _link_tx: link_tx,
-            link_rx,
+            link: Some((link_tx, link_rx)),
+            returns_to: None,
         })
+    }
+
+    /// `count` links for subscriptions made while the broker runs (sinks
+    /// started by a manifest reload); each goes back to the pool when its
+    /// subscription is dropped.
+    pub fn link_pool(&self, count: usize) -> anyhow::Result<LinkPool> {
+        let links = (0..count)
+            .map(|i| {
+                let client_id = format!("omh-sink-link-{i}");
+                let (tx, rx) = self
+                    .broker
+                    .link(&client_id)
+                    .map_err(|e| anyhow::anyhow!("cannot link {client_id} to broker: {e}"))?;
+                Ok(PooledLink { client_id, tx, rx })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(LinkPool(Arc::new(Mutex::new(links))))
     }
 
     /// Logs, with a running count, every time the broker skips a subscriber
@@ -156,6 +169,49 @@ impl BusBuilder {
             })?;
         tracing::info!(listen = %self.listen, "MQTT broker listening");
         Ok(())
+    }
+}
+
+fn subscribe(link_tx: &mut LinkTx, client_id: &str, filters: &[String]) -> anyhow::Result<()> {
+    for filter in filters {
+        link_tx
+            .subscribe(filter.clone())
+            .map_err(|e| anyhow::anyhow!("cannot subscribe {client_id} to {filter}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Links made before the broker started: rumqttd makes links only then
+/// (its `start` takes the broker for good), and a manifest reload may
+/// start sinks long after.
+#[derive(Clone)]
+pub struct LinkPool(Arc<Mutex<Vec<PooledLink>>>);
+
+struct PooledLink {
+    client_id: String,
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+impl LinkPool {
+    /// A free link of the pool subscribed to `filters`.
+    pub fn subscription(&self, filters: &[String]) -> anyhow::Result<Subscription> {
+        let mut link: PooledLink =
+            self.0
+                .lock()
+                .expect("link pool lock")
+                .pop()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no bus link left for another sink: restart omh-host")
+                })?;
+        if let Err(error) = subscribe(&mut link.tx, &link.client_id, filters) {
+            self.0.lock().expect("link pool lock").push(link);
+            return Err(error);
+        }
+        Ok(Subscription {
+            link: Some((link.tx, link.rx)),
+            returns_to: Some((self.clone(), link.client_id, filters.to_vec())),
+        })
     }
 }
 
@@ -233,12 +289,42 @@ fn run_publisher(
 
 /// A sink's view of the bus: the messages matching its filters.
 pub struct Subscription {
-    // The router ties the subscription to this half; dropping it ends it.
-    _link_tx: LinkTx,
-    link_rx: LinkRx,
+    /// The router ties the subscription to the sending half. Always `Some`
+    /// until dropped, when a pooled link goes back to its pool.
+    link: Option<(LinkTx, LinkRx)>,
+    /// The pool, the link's client id and its filters (unsubscribed on
+    /// return), for a pooled link.
+    returns_to: Option<(LinkPool, String, Vec<String>)>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let (Some((mut tx, rx)), Some((pool, client_id, filters))) =
+            (self.link.take(), self.returns_to.take())
+        else {
+            return;
+        };
+        for filter in &filters {
+            if let Err(error) = tx.unsubscribe(filter.clone()) {
+                tracing::warn!(%client_id, %filter, %error, "cannot unsubscribe a returned bus link");
+            }
+        }
+        pool.0
+            .lock()
+            .expect("link pool lock")
+            .push(PooledLink { client_id, tx, rx });
+    }
 }
 
 impl Subscription {
+    fn link_rx(&mut self) -> &mut LinkRx {
+        &mut self
+            .link
+            .as_mut()
+            .expect("a live subscription has its link")
+            .1
+    }
+
     /// Waits for a message, then takes up to `max` that have already
     /// arrived. `None` when the broker has gone away.
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<Bytes>> {
@@ -246,12 +332,12 @@ impl Subscription {
         while batch.len() < max {
             // rumqttd hands a link its messages in bunches; take the rest of
             // this bunch without waiting (an empty poll loses nothing).
-            match self.link_rx.next().now_or_never() {
+            match self.link_rx().next().now_or_never() {
                 Some(Ok(Some(Notification::Forward(forward)))) => {
                     batch.push(forward.publish.payload)
                 }
                 Some(Ok(Some(Notification::Unschedule))) => {
-                    if self.link_rx.wake().await.is_err() {
+                    if self.link_rx().wake().await.is_err() {
                         break;
                     }
                 }
@@ -270,14 +356,14 @@ impl Subscription {
     /// The next message as (topic, payload).
     pub async fn next_with_topic(&mut self) -> Option<(Bytes, Bytes)> {
         loop {
-            match self.link_rx.next().await {
+            match self.link_rx().next().await {
                 Ok(Some(Notification::Forward(forward))) => {
                     return Some((forward.publish.topic, forward.publish.payload));
                 }
                 // The router stops feeding a link whose buffer filled up until
                 // the link says it has drained: say so, or nothing ever arrives again.
                 Ok(Some(Notification::Unschedule)) => {
-                    if self.link_rx.wake().await.is_err() {
+                    if self.link_rx().wake().await.is_err() {
                         return None;
                     }
                 }

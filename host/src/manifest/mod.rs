@@ -41,7 +41,7 @@ pub struct Manifest {
     pub sinks: BTreeMap<String, SinkSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     /// Where the HTTP server listens. It has no authentication: keep it on
@@ -49,7 +49,7 @@ pub struct HttpSection {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSection {
     #[serde(default = "default_site_name")]
@@ -91,7 +91,7 @@ impl Default for PluginsSection {
 }
 
 /// Sandbox limits of one plugin instance.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory cap; growing past it traps and the instance restarts.
@@ -121,13 +121,13 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResolvedLimits {
     pub memory_limit: u64,
     pub call_timeout: Duration,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSection {
     /// MQTT 3.1.1 listener for outside clients.
@@ -163,7 +163,7 @@ impl Default for BrokerSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorSection {
     pub listen: SocketAddr,
@@ -173,7 +173,7 @@ pub struct SimulatorSection {
     pub registers: Vec<SimulatedRegister>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedRegister {
     /// Neuron syntax, `1!40001`: slave 1, holding register 1 (offset 0).
@@ -240,7 +240,7 @@ pub struct TransformSection {
     pub limits: Limits,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSection {
     pub plugin: String,

@@ -86,7 +86,7 @@ impl Catalog {
                 ))
             };
         }
-        if let Some((path, reason)) = self.rejected.iter().find(|(p, _)| stem(p) == name) {
+        if let Some((path, reason)) = self.rejected.iter().find(|(p, _)| plugin_name(p) == name) {
             return Err(format!(
                 "plugin \"{name}\" ({}) was rejected: {reason}",
                 path.display()
@@ -109,7 +109,8 @@ impl Catalog {
     }
 }
 
-fn stem(path: &Path) -> String {
+/// A plugin's name: its file stem.
+pub fn plugin_name(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -118,7 +119,12 @@ fn stem(path: &Path) -> String {
 /// Reads one file's world and WIT version from its top-level exports.
 pub fn inspect(path: &Path) -> Result<PluginFile, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    if !Parser::is_component(&bytes) {
+    inspect_bytes(path, &bytes)
+}
+
+/// [`inspect`] for the content of `path`, already read.
+pub fn inspect_bytes(path: &Path, bytes: &[u8]) -> Result<PluginFile, String> {
+    if !Parser::is_component(bytes) {
         return Err(
             "not a WebAssembly component (core modules are not plugins: build with --target wasm32-wasip2)"
                 .into(),
@@ -126,7 +132,7 @@ pub fn inspect(path: &Path) -> Result<PluginFile, String> {
     }
     let mut depth = 0usize;
     let mut found = None;
-    for payload in Parser::new(0).parse_all(&bytes) {
+    for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| format!("malformed component: {e}"))? {
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
@@ -150,7 +156,7 @@ pub fn inspect(path: &Path) -> Result<PluginFile, String> {
         ));
     }
     Ok(PluginFile {
-        name: stem(path),
+        name: plugin_name(path),
         path: path.to_path_buf(),
         world,
         wit_version,

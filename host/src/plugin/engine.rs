@@ -2,7 +2,6 @@
 //! deadlines, and an on-disk cache of compiled code so a restart does not
 //! recompile (compiling a plugin takes seconds; loading it, milliseconds).
 
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -48,14 +47,14 @@ impl PluginEngine {
         &self.engine
     }
 
-    /// Loads `path`, from the compiled-code cache when it holds this exact
-    /// file compiled by a compatible engine, compiling (and caching) otherwise.
-    pub fn load(&self, path: &Path) -> anyhow::Result<(Component, CodeSource)> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    /// Loads a plugin file's content from the compiled-code cache when it
+    /// holds this exact file compiled by a compatible engine, compiling (and
+    /// caching) otherwise. Takes the bytes, not the path: a file is read
+    /// once, so the bytes checked are the bytes compiled.
+    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<(Component, CodeSource)> {
         let cached = self
             .cache_dir
-            .join(format!("{}.cwasm", self.cache_key(&bytes)));
+            .join(format!("{}.cwasm", self.cache_key(bytes)));
         if cached.exists() {
             // SAFETY: the cache directory is written only by this host (below),
             // entries are keyed by the source hash and the engine's
@@ -69,8 +68,8 @@ impl PluginEngine {
                 ),
             }
         }
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(|e| anyhow::anyhow!("cannot compile {}: {e:?}", path.display()))?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         if let Err(error) = self.store(&cached, &component) {
             tracing::warn!(dir = %self.cache_dir.display(), %error, "cannot write compiled-code cache");
         }
@@ -82,12 +81,7 @@ impl PluginEngine {
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let source: String = Sha256::digest(bytes)
-            .iter()
-            .take(16)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{source}-{:016x}", engine_hash.finish())
+        format!("{}-{:016x}", &sha256_hex(bytes)[..32], engine_hash.finish())
     }
 
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
@@ -100,4 +94,12 @@ impl PluginEngine {
         std::fs::rename(&partial, path)?;
         Ok(())
     }
+}
+
+/// The file's SHA-256 in hex: names a version of a plugin in logs.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

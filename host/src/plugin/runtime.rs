@@ -4,14 +4,17 @@
 
 use super::bindings::types::Error as PluginError;
 use super::bindings::{driver, sink, transform};
+use super::catalog::World;
 use super::engine::{CodeSource, PluginEngine};
 use super::state::{Grants, PluginState};
-use super::supervisor::{Factory, Live, StartError, Supervised, describe};
+use super::supervisor::{Blueprint, Factory, Live, StartError, Supervised, describe};
+use super::versions::Version;
 use crate::manifest::ResolvedLimits;
 use crate::status::StatusBoard;
 use futures::future::BoxFuture;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
@@ -55,95 +58,139 @@ impl PluginRuntime {
         })
     }
 
-    pub fn load(&self, path: &Path) -> anyhow::Result<(Component, CodeSource)> {
-        self.engine.load(path)
+    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<(Component, CodeSource)> {
+        self.engine.load(bytes)
+    }
+
+    /// Checks that `component` links as a plugin of `world`: imports only
+    /// what the host provides, exports what the world requires.
+    pub fn check_links(&self, world: World, component: &Component) -> anyhow::Result<()> {
+        match world {
+            World::Driver => {
+                driver::DriverPre::new(self.driver_linker.instantiate_pre(component)?)?;
+            }
+            World::Transform => {
+                transform::TransformPre::new(self.transform_linker.instantiate_pre(component)?)?;
+            }
+            World::Sink => {
+                sink::SinkPre::new(self.sink_linker.instantiate_pre(component)?)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn driver(
         &self,
-        component: &Component,
+        versions: watch::Receiver<Version>,
         spec: InstanceSpec,
         endpoint: String,
         groups: Vec<Group>,
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Driver>> {
-        let pre = driver::DriverPre::new(self.driver_linker.instantiate_pre(component)?)?;
-        let start = move |mut store: Store<PluginState>, settings: Arc<str>| {
-            let (pre, endpoint, groups) = (pre.clone(), endpoint.clone(), groups.clone());
-            let started: BoxFuture<'static, _> = Box::pin(async move {
-                let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
-                let api = bindings.omh_plugin_driver_api();
-                configured(
-                    api.call_configure(&mut store, &endpoint, &settings, &groups)
-                        .await,
-                )?;
-                Ok(Live { store, bindings })
-            });
-            started
+        let linker = self.driver_linker.clone();
+        let link = move |component: &Component| {
+            let pre = driver::DriverPre::new(linker.instantiate_pre(component)?)?;
+            let (endpoint, groups) = (endpoint.clone(), groups.clone());
+            anyhow::Ok(move |mut store: Store<PluginState>, settings: Arc<str>| {
+                let (pre, endpoint, groups) = (pre.clone(), endpoint.clone(), groups.clone());
+                let started: BoxFuture<'static, _> = Box::pin(async move {
+                    let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
+                    let api = bindings.omh_plugin_driver_api();
+                    configured(
+                        api.call_configure(&mut store, &endpoint, &settings, &groups)
+                            .await,
+                    )?;
+                    Ok(Live { store, bindings })
+                });
+                started
+            })
         };
-        Ok(self.supervised(spec, start, status))
+        self.supervised(spec, versions, link, status)
     }
 
     pub fn transform(
         &self,
-        component: &Component,
+        versions: watch::Receiver<Version>,
         spec: InstanceSpec,
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Transform>> {
-        let pre = transform::TransformPre::new(self.transform_linker.instantiate_pre(component)?)?;
-        let start = move |mut store: Store<PluginState>, settings: Arc<str>| {
-            let pre = pre.clone();
-            let started: BoxFuture<'static, _> = Box::pin(async move {
-                let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
-                let api = bindings.omh_plugin_transform_api();
-                configured(api.call_configure(&mut store, &settings).await)?;
-                Ok(Live { store, bindings })
-            });
-            started
+        let linker = self.transform_linker.clone();
+        let link = move |component: &Component| {
+            let pre = transform::TransformPre::new(linker.instantiate_pre(component)?)?;
+            anyhow::Ok(move |mut store: Store<PluginState>, settings: Arc<str>| {
+                let pre = pre.clone();
+                let started: BoxFuture<'static, _> = Box::pin(async move {
+                    let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
+                    let api = bindings.omh_plugin_transform_api();
+                    configured(api.call_configure(&mut store, &settings).await)?;
+                    Ok(Live { store, bindings })
+                });
+                started
+            })
         };
-        Ok(self.supervised(spec, start, status))
+        self.supervised(spec, versions, link, status)
     }
 
     pub fn sink(
         &self,
-        component: &Component,
+        versions: watch::Receiver<Version>,
         spec: InstanceSpec,
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Sink>> {
-        let pre = sink::SinkPre::new(self.sink_linker.instantiate_pre(component)?)?;
-        let start = move |mut store: Store<PluginState>, settings: Arc<str>| {
-            let pre = pre.clone();
-            let started: BoxFuture<'static, _> = Box::pin(async move {
-                let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
-                let api = bindings.omh_plugin_sink_api();
-                configured(api.call_configure(&mut store, &settings).await)?;
-                Ok(Live { store, bindings })
-            });
-            started
+        let linker = self.sink_linker.clone();
+        let link = move |component: &Component| {
+            let pre = sink::SinkPre::new(linker.instantiate_pre(component)?)?;
+            anyhow::Ok(move |mut store: Store<PluginState>, settings: Arc<str>| {
+                let pre = pre.clone();
+                let started: BoxFuture<'static, _> = Box::pin(async move {
+                    let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
+                    let api = bindings.omh_plugin_sink_api();
+                    configured(api.call_configure(&mut store, &settings).await)?;
+                    Ok(Live { store, bindings })
+                });
+                started
+            })
         };
-        Ok(self.supervised(spec, start, status))
+        self.supervised(spec, versions, link, status)
     }
 
-    /// Wraps a world-specific `start` (instantiate + configure in a fresh
-    /// store) into a supervised instance: the store is built here, from the
-    /// spec alone, so every world gets the same sandbox.
-    fn supervised<B: Send + 'static>(
+    /// Wraps a world-specific `link` (which turns a component into `start`:
+    /// instantiate + configure in a fresh store) into a supervised instance:
+    /// the store is built here, from the spec alone, so every world gets the
+    /// same sandbox.
+    fn supervised<B: Send + 'static, Start>(
         &self,
         spec: InstanceSpec,
-        start: impl Fn(Store<PluginState>, Arc<str>) -> BoxFuture<'static, Result<Live<B>, StartError>>
-        + Send
-        + Sync
-        + 'static,
+        versions: watch::Receiver<Version>,
+        link: impl Fn(&Component) -> anyhow::Result<Start> + Send + Sync + 'static,
         status: StatusBoard,
-    ) -> Supervised<B> {
+    ) -> anyhow::Result<Supervised<B>>
+    where
+        Start: Fn(Store<PluginState>, Arc<str>) -> BoxFuture<'static, Result<Live<B>, StartError>>
+            + Send
+            + Sync
+            + 'static,
+    {
         let engine = self.engine.engine().clone();
         let (name, limits, grants) = (spec.name.clone(), spec.limits, spec.grants.clone());
         let settings: Arc<str> = spec.settings.into();
-        let factory: Factory<B> =
-            Box::new(move || start(new_store(&engine, &name, &grants, limits), settings.clone()));
+        let blueprint: Blueprint<B> = Box::new(move |component| {
+            let start = link(component)?;
+            let (engine, name, grants, settings) = (
+                engine.clone(),
+                name.clone(),
+                grants.clone(),
+                settings.clone(),
+            );
+            let factory: Factory<B> = Box::new(move || {
+                start(new_store(&engine, &name, &grants, limits), settings.clone())
+            });
+            Ok(factory)
+        });
         Supervised::new(
             spec.name,
-            factory,
+            versions,
+            blueprint,
             limits.call_timeout,
             limits.memory_limit,
             status,

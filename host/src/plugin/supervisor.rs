@@ -3,14 +3,21 @@
 //! an exhausted memory limit drops the store (a trapped store is poisoned)
 //! and instantiates a fresh one after an exponential backoff. Nothing here
 //! knows which world the plugin implements: the caller passes the call.
+//!
+//! It also follows its plugin's current version: when a new one is
+//! published, the next call first starts and configures an instance of it
+//! and, if that works, drops the old one; otherwise the old one stays.
 
 use super::bindings::types::Error as PluginError;
 use super::state::PluginState;
+use super::versions::{Swap, Version};
 use crate::status::{PluginState as Phase, StatusBoard};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use wasmtime::Store;
+use wasmtime::component::Component;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -26,6 +33,10 @@ pub struct Live<B> {
 /// Creates and configures a fresh instance (instantiate + `configure`).
 pub type Factory<B> =
     Box<dyn Fn() -> BoxFuture<'static, Result<Live<B>, StartError>> + Send + Sync>;
+
+/// Makes an instance's factory from a version of its plugin (linking it
+/// to the host's interfaces for its world).
+pub type Blueprint<B> = Box<dyn Fn(&Component) -> anyhow::Result<Factory<B>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -75,6 +86,10 @@ pub fn describe(error: &PluginError) -> String {
 
 pub struct Supervised<B> {
     name: Arc<str>,
+    blueprint: Blueprint<B>,
+    versions: watch::Receiver<Version>,
+    /// The version `factory` makes instances of.
+    running: Arc<str>,
     factory: Factory<B>,
     call_timeout: Duration,
     memory_limit: u64,
@@ -89,14 +104,19 @@ pub struct Supervised<B> {
 impl<B: Send> Supervised<B> {
     pub fn new(
         name: Arc<str>,
-        factory: Factory<B>,
+        mut versions: watch::Receiver<Version>,
+        blueprint: Blueprint<B>,
         call_timeout: Duration,
         memory_limit: u64,
         status: StatusBoard,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let version = versions.borrow_and_update().clone();
+        Ok(Self {
+            factory: blueprint(&version.component)?,
+            running: version.sha256,
             name,
-            factory,
+            blueprint,
+            versions,
             call_timeout,
             memory_limit,
             live: None,
@@ -105,7 +125,7 @@ impl<B: Send> Supervised<B> {
             retry_at: None,
             restarts: 0,
             status,
-        }
+        })
     }
 
     /// Runs `call` against the live instance (starting one if needed) under
@@ -118,6 +138,7 @@ impl<B: Send> Supervised<B> {
             &'a mut Store<PluginState>,
         ) -> BoxFuture<'a, wasmtime::Result<Result<T, PluginError>>>,
     ) -> Result<T, CallError> {
+        self.follow_new_version().await;
         self.ensure_live().await?;
         let (live, _) = self.live.as_mut().expect("ensure_live leaves an instance");
         let outcome =
@@ -131,6 +152,57 @@ impl<B: Send> Supervised<B> {
                 humantime::format_duration(self.call_timeout)
             ))),
         }
+    }
+
+    /// Switches to a newly published version of the plugin, if any, and
+    /// reports the outcome to whoever published it.
+    async fn follow_new_version(&mut self) {
+        if !self.versions.has_changed().unwrap_or(false) {
+            return;
+        }
+        let version = self.versions.borrow_and_update().clone();
+        if version.sha256 == self.running {
+            return;
+        }
+        let outcome = self.swap_to(&version).await;
+        if let Err(reason) = &outcome {
+            tracing::warn!(plugin = %self.name, version = version.short_sha(), %reason, "instance keeps its running version");
+        }
+        if let Some(swaps) = &version.swaps {
+            // The publisher may have stopped waiting; nothing to tell then.
+            let _ = swaps.send(Swap {
+                instance: self.name.clone(),
+                outcome,
+            });
+        }
+    }
+
+    /// Starts and configures an instance of `version`; only once that has
+    /// worked does it replace the running instance, which is idle here
+    /// (between calls), so no call is cut short.
+    async fn swap_to(&mut self, version: &Version) -> Result<(), String> {
+        let factory = (self.blueprint)(&version.component).map_err(|e| format!("{e:#}"))?;
+        let live = match tokio::time::timeout(self.call_timeout, factory()).await {
+            Ok(Ok(live)) => live,
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "start did not finish within {} (call_timeout)",
+                    humantime::format_duration(self.call_timeout)
+                ));
+            }
+        };
+        self.factory = factory;
+        self.running = version.sha256.clone();
+        self.live = Some((live, Instant::now()));
+        // A new version is a fresh start: a configuration the old one
+        // rejected, or its crashes, say nothing about this one.
+        self.failed = None;
+        self.retry_at = None;
+        self.backoff = FIRST_BACKOFF;
+        self.status
+            .plugin(&self.name, Phase::Running, self.restarts, None);
+        Ok(())
     }
 
     async fn ensure_live(&mut self) -> Result<(), CallError> {

@@ -2,6 +2,8 @@
 //! plugin instances and the tasks that move data between them.
 
 mod device;
+mod pipeline;
+mod reload;
 mod sink;
 mod writes;
 
@@ -9,37 +11,33 @@ pub use sink::{MIN_BUFFER_BYTES, SinkMetrics};
 
 use crate::bus::{BusBuilder, Subscription};
 use crate::http::{Counters, WritePath};
-use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, Manifest};
+use crate::manifest::{LoadedManifest, Manifest};
 use crate::plugin::catalog::{Catalog, PluginFile, World};
-use crate::plugin::engine::CodeSource;
-use crate::plugin::runtime::{Group, InstanceSpec, PluginRuntime, Tag};
-use crate::plugin::state::Grants;
+use crate::plugin::engine::{CodeSource, sha256_hex};
+use crate::plugin::runtime::PluginRuntime;
+use crate::plugin::versions::{PluginVersions, Version};
 use crate::status::{STATUS_TOPIC_PREFIX, StatusBoard};
-use crate::storage::{Storage, StorageUrl};
+use crate::storage::StorageUrl;
 use anyhow::{Context, bail};
-use device::{DeviceTask, GroupSchedule};
-use sink::SinkTask;
+use pipeline::{Pipeline, Site};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use writes::Responder;
+use tokio::sync::watch;
+use writes::{Responder, WriteQueues};
 
 /// Write requests waiting for one device; beyond it requests are refused as busy.
 const WRITE_QUEUE: usize = 64;
+/// Bus links for sinks beyond those of the start-up manifest: what manifest
+/// reloads may add at most (links can only be made before the broker starts).
+const SPARE_SINK_LINKS: usize = 8;
 /// How long a stopping site waits for its sinks to write what they hold.
 const SINK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-use wasmtime::component::Component;
 
-/// Every plugin the manifest uses, resolved against the catalog. Problems
-/// are collected so `check` reports them all at once.
-pub fn resolve_plugins<'c>(
-    manifest: &Manifest,
-    catalog: &'c Catalog,
-) -> Result<HashMap<String, &'c PluginFile>, Vec<String>> {
-    let uses = manifest
+/// Every use of a plugin in the manifest: (key path, plugin name, world).
+fn plugin_uses(manifest: &Manifest) -> impl Iterator<Item = (String, &String, World)> {
+    manifest
         .devices
         .iter()
         .map(|(n, d)| (format!("devices.{n}.driver"), &d.driver, World::Driver))
@@ -55,10 +53,18 @@ pub fn resolve_plugins<'c>(
                 .sinks
                 .iter()
                 .map(|(n, s)| (format!("sinks.{n}.plugin"), &s.plugin, World::Sink)),
-        );
+        )
+}
+
+/// Every plugin the manifest uses, resolved against the catalog. Problems
+/// are collected so `check` reports them all at once.
+pub fn resolve_plugins<'c>(
+    manifest: &Manifest,
+    catalog: &'c Catalog,
+) -> Result<HashMap<String, &'c PluginFile>, Vec<String>> {
     let mut found = HashMap::new();
     let mut problems = Vec::new();
-    for (key, name, world) in uses {
+    for (key, name, world) in plugin_uses(manifest) {
         match catalog.find(name, world) {
             Ok(plugin) => {
                 found.insert(name.clone(), plugin);
@@ -84,22 +90,12 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         anyhow::anyhow!("{}: {}", loaded.path.display(), problems.join("\n"))
     })?;
 
-    let runtime = PluginRuntime::new(loaded.data_dir.join("cache").join("compiled"))?;
-    let mut components: HashMap<&str, Component> = HashMap::new();
+    let runtime = Arc::new(PluginRuntime::new(
+        loaded.data_dir.join("cache").join("compiled"),
+    )?);
+    let mut versions = PluginVersions::default();
     for (name, plugin) in &plugins {
-        let t = Instant::now();
-        eprintln!(
-            "  loading plugin {name} ({}, {} KiB)...",
-            plugin.world,
-            plugin.size >> 10
-        );
-        let (component, source) = runtime.load(&plugin.path)?;
-        let how = match source {
-            CodeSource::Cache => "from compiled-code cache",
-            CodeSource::Compiled => "compiled",
-        };
-        eprintln!("  plugin {name}: {how} in {} ms", t.elapsed().as_millis());
-        components.insert(name.as_str(), component);
+        versions.insert(name, plugin.world, load_plugin(&runtime, plugin)?);
     }
 
     for (name, simulator) in &manifest.simulators {
@@ -108,143 +104,26 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
 
     let bus = BusBuilder::new(&manifest.broker);
     let publisher = bus.publisher()?;
-    let status = StatusBoard::new(publisher.clone());
-    let defaults = &manifest.plugins.limits;
-
-    let mut sinks = Vec::new();
-    let mut sink_metrics = Vec::new();
-    for (name, section) in &manifest.sinks {
-        let url = StorageUrl::parse(&section.url).map_err(anyhow::Error::msg)?;
-        let storage =
-            Storage::open(&url, &loaded.data_dir).with_context(|| format!("sinks.{name}.url"))?;
-        let spec = InstanceSpec {
-            name: format!("sinks.{name}").into(),
-            limits: section.limits.resolve(defaults),
-            grants: Grants {
-                storage: Some(storage.clone()),
-                ..Grants::default()
-            },
-            settings: to_json(&section.settings),
-        };
-        let plugin = runtime.sink(
-            &components[section.plugin.as_str()],
-            spec.clone(),
-            status.clone(),
-        )?;
-        let buffer = sink::open_buffer(&loaded.data_dir, name, section.buffer_max_bytes)
-            .with_context(|| format!("sinks.{name}: buffer"))?;
-        let metrics = Arc::new(SinkMetrics {
-            messages: AtomicU64::default(),
-            rows: AtomicU64::default(),
-            failed_attempts: AtomicU64::default(),
-            buffer: buffer.1.handle(),
-        });
-        sink_metrics.push((name.clone(), metrics.clone()));
-        sinks.push(SinkTask {
-            name: spec.name,
-            metrics,
-            progress_key: format!("{}/{name}", manifest.site.name),
-            plugin,
-            storage,
-            subscription: bus.subscription(&format!("omh-sink-{name}"), &section.topics)?,
-            buffer,
-            batch_size: section.batch_size,
-            flush_interval: section.flush_interval,
-        });
-    }
-
     let responder = Responder::new(
         publisher.clone(),
         manifest.broker.write_response_topic.clone(),
     );
-    let mut write_queues = HashMap::new();
-    let mut devices = Vec::new();
-    for (name, section) in &manifest.devices {
-        let endpoint = resolve_endpoint(&section.endpoint)
-            .with_context(|| format!("devices.{name}.endpoint"))?;
-        let backup_endpoint = section
-            .backup_endpoint
-            .as_deref()
-            .map(resolve_endpoint)
-            .transpose()
-            .with_context(|| format!("devices.{name}.backup_endpoint"))?;
-        let mut settings = section.settings.clone();
-        if let Some(backup) = backup_endpoint {
-            settings.insert(BACKUP_ENDPOINT_SETTING.into(), backup.to_string().into());
-        }
-        let spec = InstanceSpec {
-            name: format!("devices.{name}").into(),
-            limits: section.limits.resolve(defaults),
-            grants: Grants {
-                connect: std::iter::once(endpoint).chain(backup_endpoint).collect(),
-                ..Grants::default()
-            },
-            settings: to_json(&settings),
-        };
-        let groups: Vec<Group> = section
-            .groups
-            .iter()
-            .map(|(group, g)| Group {
-                name: group.clone(),
-                tags: g
-                    .tags
-                    .iter()
-                    .map(|t| Tag {
-                        name: t.name.clone(),
-                        address: t.address.clone(),
-                        data_type: t.data_type.clone(),
-                        writable: t.writable,
-                    })
-                    .collect(),
-            })
-            .collect();
-        let driver = runtime.driver(
-            &components[section.driver.as_str()],
-            spec.clone(),
-            endpoint.to_string(),
-            groups,
-            status.clone(),
-        )?;
-        let mut schedules = Vec::new();
-        for (group_name, group) in &section.groups {
-            let mut chain = Vec::new();
-            for transform_name in &group.transforms {
-                let t = &manifest.transforms[transform_name];
-                let spec = InstanceSpec {
-                    name: format!("devices.{name}.groups.{group_name}.transforms.{transform_name}")
-                        .into(),
-                    limits: t.limits.resolve(defaults),
-                    grants: Grants::default(),
-                    settings: to_json(&t.settings),
-                };
-                let instance =
-                    runtime.transform(&components[t.plugin.as_str()], spec, status.clone())?;
-                chain.push((transform_name.clone(), instance));
-            }
-            schedules.push(GroupSchedule::new(
-                name,
-                group_name,
-                group.interval,
-                group
-                    .tags
-                    .iter()
-                    .map(|t| (t.name.clone(), t.writable))
-                    .collect(),
-                &loaded.topic,
-                chain,
-            ));
-        }
-        let (write_queue, writes) = mpsc::channel(WRITE_QUEUE);
-        write_queues.insert(name.clone(), write_queue);
-        devices.push(DeviceTask {
-            name: name.as_str().into(),
-            driver,
-            groups: schedules,
-            publisher: publisher.clone(),
-            writes,
-            responder: responder.clone(),
-        });
-    }
+    let (write_queues, routed_queues) = watch::channel(WriteQueues::new());
+    let site = Site {
+        runtime,
+        plugins: Arc::new(Mutex::new(versions)),
+        publisher: publisher.clone(),
+        status: StatusBoard::new(publisher.clone()),
+        responder: responder.clone(),
+        sink_links: bus.link_pool(manifest.sinks.len() + SPARE_SINK_LINKS)?,
+        write_queues,
+    };
+    let sinks = manifest
+        .sinks
+        .keys()
+        .map(|name| site.build_sink(&loaded, name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let devices = site.build_devices(&loaded)?;
     let write_requests = bus.subscription(
         "omh-writes",
         std::slice::from_ref(&manifest.broker.write_topic),
@@ -256,7 +135,11 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
     };
     let bus_skips = bus.report_skips()?;
     bus.start()?;
+    let (mut pipeline, sink_metrics) = Pipeline::start(&site, loaded, sinks, devices)?;
+    tokio::spawn(writes::route(write_requests, routed_queues, responder));
+    let loaded = &pipeline.loaded;
     if let Some((listen, feed)) = live_view {
+        let manifest = &loaded.manifest;
         let live = crate::http::Live::new(manifest.broker.write_response_topic.clone());
         tokio::spawn(live.clone().follow(feed));
         let counters = Counters {
@@ -270,34 +153,61 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         };
         crate::http::serve(listen, &manifest.site.name, live, counters, writes).await?;
     }
-    print_where_to_look(&loaded, started);
-    let (stop_sinks, stopping) = watch::channel(false);
-    let sink_tasks: Vec<_> = sinks
-        .into_iter()
-        .map(|task| tokio::spawn(task.run(stopping.clone())))
-        .collect();
-    let device_tasks: Vec<_> = devices
-        .into_iter()
-        .map(|task| tokio::spawn(task.run()))
-        .collect();
-    tokio::spawn(writes::route(write_requests, write_queues, responder));
+    crate::plugin::reload::watch_plugins(
+        &loaded.plugins_dir,
+        site.runtime.clone(),
+        site.plugins.clone(),
+    )?;
+    print_where_to_look(loaded, started);
 
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        #[cfg(unix)]
+        let hangup = hangups.recv();
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup => reload::reload(&site, &mut pipeline).await,
+        }
+    }
     eprintln!("omh-host: stopping: devices first, then sinks write what is on the bus");
-    for task in &device_tasks {
-        task.abort();
-    }
-    stop_sinks.send_replace(true);
-    let drained =
-        tokio::time::timeout(SINK_DRAIN_TIMEOUT, futures::future::join_all(sink_tasks)).await;
-    if drained.is_err() {
-        eprintln!(
-            "omh-host: sinks did not finish within {}s (database down?); \
-             what they hold stays in their buffers and is written at the next start",
-            SINK_DRAIN_TIMEOUT.as_secs()
-        );
-    }
+    pipeline.stop().await;
     Ok(())
+}
+
+/// Reads and compiles (or takes from the cache) one plugin file, with
+/// progress output: compiling can take seconds.
+fn load_plugin(runtime: &PluginRuntime, plugin: &PluginFile) -> anyhow::Result<Version> {
+    let started = Instant::now();
+    eprintln!(
+        "  loading plugin {} ({}, {} KiB)...",
+        plugin.name,
+        plugin.world,
+        plugin.size >> 10
+    );
+    let bytes = std::fs::read(&plugin.path)
+        .with_context(|| format!("cannot read {}", plugin.path.display()))?;
+    let (component, source) = runtime
+        .load(&bytes)
+        .with_context(|| format!("cannot compile {}", plugin.path.display()))?;
+    let how = match source {
+        CodeSource::Cache => "from compiled-code cache",
+        CodeSource::Compiled => "compiled",
+    };
+    eprintln!(
+        "  plugin {}: {how} in {} ms",
+        plugin.name,
+        started.elapsed().as_millis()
+    );
+    Ok(Version {
+        component,
+        sha256: sha256_hex(&bytes).into(),
+        swaps: None,
+    })
 }
 
 /// The live view's link: every group topic, the plugin status topics and

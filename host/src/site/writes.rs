@@ -9,7 +9,7 @@ use crate::bus::{Publisher, Subscription};
 use crate::plugin::bindings::types::Value;
 use serde_json::{Value as Json, json};
 use std::collections::HashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Result codes in a write response (`error`); 0 is success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +75,14 @@ pub fn to_plugin_value(value: &Json) -> Option<Value> {
     })
 }
 
+/// Each device's write queue, by device name; replaced when a manifest
+/// reload rebuilds the devices.
+pub type WriteQueues = HashMap<String, mpsc::Sender<WriteRequest>>;
+
 /// Reads write requests off the bus and hands each to its device's queue.
 pub async fn route(
     mut subscription: Subscription,
-    devices: HashMap<String, mpsc::Sender<WriteRequest>>,
+    devices: watch::Receiver<WriteQueues>,
     responder: Responder,
 ) {
     while let Some(payload) = subscription.next().await {
@@ -101,7 +105,7 @@ pub async fn route(
             );
             continue;
         };
-        let Some(device) = devices.get(&node) else {
+        let Some(device) = devices.borrow().get(&node).cloned() else {
             responder.failed(
                 &uuid,
                 WriteError::UnknownTag,

@@ -1,0 +1,157 @@
+//! Hot reload of plugin files: a running site notices a `.wasm` replaced in
+//! its plugins directory. A file built for another WIT version, and one
+//! whose `configure` refuses the device's settings, are rejected and the
+//! running driver keeps publishing; a valid new build is swapped in, and
+//! the group's messages go on with no gap and no error.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+use support::site::{
+    Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with,
+    test_plugins_dir, wait_for,
+};
+
+const TOPIC: &str = "/neuron/omh/line/g";
+const INTERVAL: Duration = Duration::from_millis(200);
+
+fn manifest(sim: u16) -> String {
+    format!(
+        r#"
+[simulators.sim]
+listen = "127.0.0.1:{sim}"
+update_interval = "100ms"
+registers = [{{ address = "1!40001", min = 280, max = 309 }}]
+[devices.line]
+driver = "modbus-tcp"
+endpoint = "127.0.0.1:{sim}"
+[devices.line.groups.g]
+interval = "{}ms"
+tags = [{{ name = "temperature", address = "1!40001" }}]
+"#,
+        INTERVAL.as_millis()
+    )
+}
+
+/// The same component with a custom section appended: a different file
+/// (another hash) with the same behaviour, like a rebuild.
+fn rebuilt(component: &[u8]) -> Vec<u8> {
+    let name = b"omh-test-build";
+    let payload = b"2";
+    let mut section = leb128(name.len());
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    let mut bytes = component.to_vec();
+    bytes.push(0); // custom section id
+    bytes.extend(leb128(section.len()));
+    bytes.extend(section);
+    bytes
+}
+
+fn leb128(mut value: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Copies `bytes` over the plugin file in place, as `cp` does.
+fn replace(plugin: &Path, bytes: &[u8]) {
+    std::fs::write(plugin, bytes).unwrap();
+}
+
+async fn wait_for_log(site: &mut RunningSite, line: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("log line containing {line:?}"),
+        site,
+        async |site| site.log().contains(line).then_some(()),
+    )
+    .await;
+}
+
+/// Waits for `count` more group messages than there are now.
+async fn wait_for_messages(site: &mut RunningSite, mqtt: &Collector, count: usize) {
+    let target = mqtt.on(TOPIC).len() + count;
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{count} more messages on {TOPIC}"),
+        site,
+        async |_| (mqtt.on(TOPIC).len() >= target).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_with(dir.path(), &[plugins_dir().join("modbus-tcp.wasm")]);
+    let driver = plugins.join("modbus-tcp.wasm");
+    let original = std::fs::read(&driver).unwrap();
+    let mqtt_port = free_port();
+    let manifest_path = dir.path().join("site.toml");
+    let header = manifest_header(dir.path(), &plugins, mqtt_port);
+    std::fs::write(&manifest_path, header + &manifest(free_port())).unwrap();
+    let mut site = RunningSite::start(&manifest_path, &[], dir.path());
+    let mqtt = Collector::connect(mqtt_port, &[TOPIC]);
+    wait_for_messages(&mut site, &mqtt, 5).await;
+
+    // Built for another WIT version: refused before compiling.
+    replace(
+        &driver,
+        &std::fs::read(test_plugins_dir().join("future-wit-driver.wasm")).unwrap(),
+    );
+    wait_for_log(
+        &mut site,
+        "plugin modbus-tcp: rejected new file: built for omh:plugin@0.9.0",
+    )
+    .await;
+    wait_for_messages(&mut site, &mqtt, 5).await;
+
+    // A driver that compiles and links, but whose configure refuses the
+    // device's settings: the instance keeps the running version.
+    replace(
+        &driver,
+        &std::fs::read(test_plugins_dir().join("misbehaving-driver.wasm")).unwrap(),
+    );
+    wait_for_log(
+        &mut site,
+        "plugin modbus-tcp: rejected new file: devices.line: invalid configuration",
+    )
+    .await;
+    wait_for_messages(&mut site, &mqtt, 5).await;
+
+    // A valid new build: swapped in between two polls.
+    replace(&driver, &rebuilt(&original));
+    wait_for_log(&mut site, "plugin modbus-tcp: new version loaded (sha256 ").await;
+    assert!(site.log().contains("1 instances swapped"), "{}", site.log());
+    wait_for_messages(&mut site, &mqtt, 5).await;
+
+    // Throughout: a reading every interval, never an error, no gap.
+    let messages = mqtt.on(TOPIC);
+    let log = site.log();
+    for message in &messages {
+        assert!(
+            message["values"]["temperature"].is_i64() && message["errors"] == serde_json::json!({}),
+            "message without the reading: {message}; log:\n{log}"
+        );
+    }
+    let times: Vec<i64> = messages
+        .iter()
+        .map(|m: &Value| m["timestamp"].as_i64().unwrap())
+        .collect();
+    let longest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest <= 2 * INTERVAL.as_millis() as i64,
+        "a gap of {longest} ms between group messages; log:\n{log}"
+    );
+    site.assert_alive();
+}
