@@ -1,6 +1,7 @@
 //! Transform chains in the real omh-host, fed by an independent Modbus
 //! server (support/modbus.rs) whose registers the test sets: what reaches
-//! the bus is each group's readings after its chain, in order; and a
+//! the bus is each group's readings after its chain, in order (scale ->
+//! deadband -> rename; scale -> units -> expression); and a
 //! transform that rejects its settings is reported `failed` on the status
 //! topic while its group's tags show the transform error code.
 
@@ -12,6 +13,7 @@ use support::modbus::{Memory, ModbusServer};
 use support::site::{Collector, RunningSite, free_port, manifest_header, plugins_dir, wait_for};
 
 const LINE_TOPIC: &str = "/neuron/omh/plc/line";
+const DERIVED_TOPIC: &str = "/neuron/omh/plc/derived";
 const BROKEN_TOPIC: &str = "/neuron/omh/plc/broken";
 const BROKEN_STATUS: &str = "omh/status/plugins/devices.plc.groups.broken.transforms.misconfigured";
 
@@ -29,6 +31,14 @@ endpoint = "{server}"
 [devices.plc.groups.line]
 interval = "100ms"
 transforms = ["engineering", "on_change", "namespace"]
+tags = [
+  {{ name = "temperature", address = "1!40001", type = "int16" }},
+  {{ name = "pressure", address = "1!40002", type = "uint16" }},
+]
+
+[devices.plc.groups.derived]
+interval = "100ms"
+transforms = ["engineering", "fahrenheit", "calc"]
 tags = [
   {{ name = "temperature", address = "1!40001", type = "int16" }},
   {{ name = "pressure", address = "1!40002", type = "uint16" }},
@@ -53,6 +63,16 @@ settings = {{ default = {{ absolute = 0.5 }} }}
 plugin = "rename"
 settings = {{ prefix = "acme/line1/", tags = {{ temperature = "oven/temperature" }} }}
 
+[transforms.fahrenheit]
+plugin = "units"
+settings = {{ tags = {{ temperature = {{ from = "degC", to = "degF" }} }} }}
+
+[transforms.calc]
+plugin = "expression"
+[transforms.calc.settings]
+tags = {{ pressure = "value * 100" }}
+computed = {{ mean = "(temperature + pressure) / 2" }}
+
 [transforms.misconfigured]
 plugin = "scale"
 settings = {{ tags = {{ temperature = {{ scale = 2, input = [0, 1], output = [0, 2] }} }} }}
@@ -70,7 +90,7 @@ fn history(mqtt: &Collector, topic: &str, tag: &str) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_chain_scales_filters_and_renames_and_a_bad_transform_is_reported() {
+async fn chains_transform_each_poll_in_order_and_a_bad_transform_is_reported() {
     let server = ModbusServer::start(Memory::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let mqtt_port = free_port();
@@ -80,7 +100,12 @@ async fn a_chain_scales_filters_and_renames_and_a_bad_transform_is_reported() {
     let mut site = RunningSite::start(&manifest_path, &[], dir.path());
     let mqtt = Collector::connect(
         mqtt_port,
-        &[LINE_TOPIC, BROKEN_TOPIC, "omh/status/plugins/#"],
+        &[
+            LINE_TOPIC,
+            DERIVED_TOPIC,
+            BROKEN_TOPIC,
+            "omh/status/plugins/#",
+        ],
     );
     // The deadband reports a value once: set the registers only when the
     // collector is surely listening.
@@ -110,6 +135,23 @@ async fn a_chain_scales_filters_and_renames_and_a_bad_transform_is_reported() {
         "{first}"
     );
     assert_eq!(first["errors"], json!({}), "{first}");
+
+    let derived = wait_for(
+        Duration::from_secs(10),
+        "the derived group after the registers were set",
+        &mut site,
+        async |_| {
+            mqtt.last_on(DERIVED_TOPIC)
+                .filter(|m| m["values"]["temperature"] == json!(77.0))
+        },
+    )
+    .await;
+    // The expression reads the batch as it came in: pressure 2.5, not 250.
+    assert_eq!(
+        derived["values"],
+        json!({"temperature": 77.0, "pressure": 250.0, "mean": 39.75}),
+        "{derived}"
+    );
 
     // 25.4 is within 0.5 of the 25.0 reported: polls go on without it.
     server.memory().holding_registers[TEMPERATURE] = 654;
