@@ -217,9 +217,16 @@ fn live_feed(bus: &BusBuilder, loaded: &LoadedManifest) -> anyhow::Result<Subscr
         format!("{STATUS_TOPIC_PREFIX}#"),
         loaded.manifest.broker.write_response_topic.clone(),
     ];
-    for (device, section) in &loaded.manifest.devices {
-        for group in section.groups.keys() {
-            filters.push(loaded.topic.render(device, group));
+    // A wildcard filter also covers devices and groups a reload adds; it
+    // works when {device} and {group} are whole topic levels.
+    let wildcard = loaded.topic.render("+", "+");
+    if wildcard.split('/').all(|level| level == "+" || !level.contains('+')) {
+        filters.push(wildcard);
+    } else {
+        for (device, section) in &loaded.manifest.devices {
+            for group in section.groups.keys() {
+                filters.push(loaded.topic.render(device, group));
+            }
         }
     }
     bus.subscription("omh-http", &filters)
