@@ -8,7 +8,8 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 use support::site::{
-    Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with, wait_for,
+    Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with,
+    sqlite_conditions_at, wait_for,
 };
 
 const GROUP_A: &str = "/neuron/omh/line/a";
@@ -71,17 +72,6 @@ async fn wait_for_log(site: &mut RunningSite, line: &str) {
     .await;
 }
 
-async fn wait_for_messages(site: &mut RunningSite, mqtt: &Collector, topic: &str, count: usize) {
-    let target = mqtt.on(topic).len() + count;
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{count} more messages on {topic}"),
-        site,
-        async |_| (mqtt.on(topic).len() >= target).then_some(()),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing_readings() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +92,7 @@ async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing
     .unwrap();
     let mut running = RunningSite::start(&manifest_path, &[], dir.path());
     let mqtt = Collector::connect(mqtt_port, &["/neuron/omh/#"]);
-    wait_for_messages(&mut running, &mqtt, GROUP_A, 5).await;
+    mqtt.wait_for_more(&mut running, GROUP_A, 5).await;
 
     // Broken: rejected, naming file, key path and value; group a goes on.
     std::fs::write(
@@ -120,7 +110,7 @@ async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing
         )) && log.contains("fast"),
         "{log}"
     );
-    wait_for_messages(&mut running, &mqtt, GROUP_A, 5).await;
+    mqtt.wait_for_more(&mut running, GROUP_A, 5).await;
 
     // Valid: a new group, a changed sink, and a broker limit that needs a
     // restart (reported, not applied).
@@ -139,8 +129,8 @@ async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing
         "{}",
         running.log()
     );
-    wait_for_messages(&mut running, &mqtt, GROUP_B, 5).await;
-    wait_for_messages(&mut running, &mqtt, GROUP_A, 5).await;
+    mqtt.wait_for_more(&mut running, GROUP_B, 5).await;
+    mqtt.wait_for_more(&mut running, GROUP_A, 5).await;
 
     // Every message seen, before and after both reloads, is a row.
     let exit = running.terminate();
@@ -150,26 +140,10 @@ async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing
         running.log()
     );
     let db = rusqlite::Connection::open(dir.path().join("site.db")).unwrap();
-    let published: Vec<i64> = [GROUP_A, GROUP_B]
-        .iter()
-        .flat_map(|topic| mqtt.on(topic))
-        .map(|m| m["timestamp"].as_i64().unwrap())
-        .collect();
-    for timestamp in published {
-        let time = humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + Duration::from_millis(timestamp as u64),
-        )
-        .to_string();
-        let found: i64 = db
-            .query_row(
-                "SELECT count(*) FROM conditions WHERE time = ?1",
-                [&time],
-                |r| r.get(0),
-            )
-            .unwrap();
+    for timestamp in mqtt.timestamps_on(&[GROUP_A, GROUP_B]) {
         assert!(
-            found >= 1,
-            "message of {time} is not in the database; log:\n{}",
+            sqlite_conditions_at(&db, timestamp) >= 1,
+            "message of {timestamp} is not in the database; log:\n{}",
             running.log()
         );
     }

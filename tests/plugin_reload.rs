@@ -78,18 +78,6 @@ async fn wait_for_log(site: &mut RunningSite, line: &str) {
     .await;
 }
 
-/// Waits for `count` more group messages than there are now.
-async fn wait_for_messages(site: &mut RunningSite, mqtt: &Collector, count: usize) {
-    let target = mqtt.on(TOPIC).len() + count;
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{count} more messages on {TOPIC}"),
-        site,
-        async |_| (mqtt.on(TOPIC).len() >= target).then_some(()),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps_publishing() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +90,7 @@ async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps
     std::fs::write(&manifest_path, header + &manifest(free_port())).unwrap();
     let mut site = RunningSite::start(&manifest_path, &[], dir.path());
     let mqtt = Collector::connect(mqtt_port, &[TOPIC]);
-    wait_for_messages(&mut site, &mqtt, 5).await;
+    mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 
     // Built for another WIT version: refused before compiling.
     replace(
@@ -114,7 +102,7 @@ async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps
         "plugin modbus-tcp: rejected new file: built for omh:plugin@0.9.0",
     )
     .await;
-    wait_for_messages(&mut site, &mqtt, 5).await;
+    mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 
     // A driver that compiles and links, but whose configure refuses the
     // device's settings: the instance keeps the running version.
@@ -127,13 +115,13 @@ async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps
         "plugin modbus-tcp: rejected new file: devices.line: invalid configuration",
     )
     .await;
-    wait_for_messages(&mut site, &mqtt, 5).await;
+    mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 
     // A valid new build: swapped in between two polls.
     replace(&driver, &rebuilt(&original));
     wait_for_log(&mut site, "plugin modbus-tcp: new version loaded (sha256 ").await;
     assert!(site.log().contains("1 instances swapped"), "{}", site.log());
-    wait_for_messages(&mut site, &mqtt, 5).await;
+    mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 
     // Throughout: a reading every interval, never an error, no gap.
     let messages = mqtt.on(TOPIC);

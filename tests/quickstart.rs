@@ -5,7 +5,9 @@
 mod support;
 
 use std::time::Duration;
-use support::site::{Collector, Quickstart, http_get, http_request, wait_for};
+use support::site::{
+    Collector, Quickstart, http_get, http_request, sqlite_conditions_at, wait_for,
+};
 
 const GROUP_TOPIC: &str = "/neuron/demo_app/demo/demo_group";
 
@@ -63,29 +65,14 @@ async fn quickstart_stores_rows_in_the_embedded_database() {
     // message an outside client saw is a row, found by its poll timestamp.
     let exit = site.terminate();
     assert!(exit.success(), "clean exit: {exit}; log:\n{}", site.log());
-    let published: Vec<i64> = mqtt
-        .on(GROUP_TOPIC)
-        .iter()
-        .map(|m| m["timestamp"].as_i64().unwrap())
-        .collect();
+    let published = mqtt.timestamps_on(&[GROUP_TOPIC]);
     assert!(!published.is_empty());
     let db = rusqlite::Connection::open(&database).unwrap();
     for timestamp in published {
-        let time = humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + Duration::from_millis(timestamp as u64),
-        )
-        .to_string();
-        let found: i64 = db
-            .query_row(
-                "SELECT count(*) FROM conditions WHERE time = ?1",
-                [&time],
-                |r| r.get(0),
-            )
-            .unwrap();
         assert_eq!(
-            found,
+            sqlite_conditions_at(&db, timestamp),
             1,
-            "message of {time} stored exactly once; log:\n{}",
+            "message of {timestamp} stored exactly once; log:\n{}",
             site.log()
         );
     }

@@ -296,6 +296,27 @@ impl Collector {
             .unwrap_or_default()
     }
 
+    /// Waits until `count` more messages than now have arrived on `topic`.
+    pub async fn wait_for_more(&self, site: &mut RunningSite, topic: &str, count: usize) {
+        let target = self.on(topic).len() + count;
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{count} more messages on {topic}"),
+            site,
+            async |_| (self.on(topic).len() >= target).then_some(()),
+        )
+        .await;
+    }
+
+    /// Poll timestamps (Unix ms) of the group messages seen on `topics`.
+    pub fn timestamps_on(&self, topics: &[&str]) -> Vec<i64> {
+        topics
+            .iter()
+            .flat_map(|topic| self.on(topic))
+            .map(|m| m["timestamp"].as_i64().expect("group message timestamp"))
+            .collect()
+    }
+
     pub fn last_on(&self, topic: &str) -> Option<serde_json::Value> {
         self.on(topic).pop()
     }
@@ -359,4 +380,19 @@ impl BusCounter {
         tokio::time::sleep(window).await;
         (self.count() - before) as f64 / started.elapsed().as_secs_f64()
     }
+}
+
+/// Rows of the seed table `conditions` in an embedded SQLite database whose
+/// time is the poll time `timestamp_ms` (stored as ISO-8601 UTC text).
+pub fn sqlite_conditions_at(db: &rusqlite::Connection, timestamp_ms: i64) -> i64 {
+    let time = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(timestamp_ms as u64),
+    )
+    .to_string();
+    db.query_row(
+        "SELECT count(*) FROM conditions WHERE time = ?1",
+        [&time],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
