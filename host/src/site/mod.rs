@@ -220,7 +220,10 @@ fn live_feed(bus: &BusBuilder, loaded: &LoadedManifest) -> anyhow::Result<Subscr
     // A wildcard filter also covers devices and groups a reload adds; it
     // works when {device} and {group} are whole topic levels.
     let wildcard = loaded.topic.render("+", "+");
-    if wildcard.split('/').all(|level| level == "+" || !level.contains('+')) {
+    if wildcard
+        .split('/')
+        .all(|level| level == "+" || !level.contains('+'))
+    {
         filters.push(wildcard);
     } else {
         for (device, section) in &loaded.manifest.devices {
