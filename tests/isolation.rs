@@ -111,6 +111,11 @@ async fn misbehaving_plugins_restart_while_a_healthy_device_keeps_delivering() {
         "{}",
         last_error("oom")
     );
+    // Deadline overruns are counted apart from other crashes.
+    let interrupts =
+        |mode: &str| status_of(mode).map_or(0, |s| s["deadline_interrupts"].as_u64().unwrap_or(0));
+    assert!(interrupts("hang") >= 2, "{:?}", status_of("hang"));
+    assert_eq!(interrupts("trap"), 0, "{:?}", status_of("trap"));
 
     // The healthy device kept its 100 ms rhythm throughout and still does.
     let before = mqtt.on(HEALTHY_TOPIC).len();

@@ -157,6 +157,8 @@ async fn check_live_view(port: u16) {
         r#"omh_plugin_up{instance="sinks.storage"} 1"#,
         r#"omh_sink_buffer_pending_messages{sink="storage"}"#,
         "omh_bus_subscriber_skips_total 0",
+        "# TYPE omh_bus_publish_queue_depth gauge",
+        r#"omh_plugin_deadline_interrupts_total{instance="devices.demo"} 0"#,
     ] {
         assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
     }

@@ -32,6 +32,7 @@ impl StatusBoard {
         instance: &str,
         state: PluginState,
         restarts: u64,
+        deadline_interrupts: u64,
         last_error: Option<&str>,
     ) {
         let payload = serde_json::json!({
@@ -42,6 +43,7 @@ impl StatusBoard {
                 PluginState::Failed => "failed",
             },
             "restarts": restarts,
+            "deadline_interrupts": deadline_interrupts,
             "last_error": last_error,
             "timestamp": unix_millis(SystemTime::now()),
         });

@@ -83,11 +83,14 @@ impl BusBuilder {
             .link("omh-publisher")
             .map_err(|e| anyhow::anyhow!("cannot link publisher to broker: {e}"))?;
         let (queue, inbox) = sync_channel::<Outgoing>(PUBLISH_QUEUE);
+        let queued = Arc::new(AtomicU64::new(0));
+        let sent = queued.clone();
         std::thread::Builder::new()
             .name("omh-publisher".into())
-            .spawn(move || run_publisher(link_tx, link_rx, inbox))?;
+            .spawn(move || run_publisher(link_tx, link_rx, inbox, &sent))?;
         Ok(Publisher {
             queue,
+            queued,
             dropped: Arc::default(),
         })
     }
@@ -231,10 +234,17 @@ struct Outgoing {
 #[derive(Clone)]
 pub struct Publisher {
     queue: SyncSender<Outgoing>,
+    /// Messages waiting for the publisher thread.
+    queued: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Publisher {
+    /// Messages waiting to enter the broker (the bus's queue depth).
+    pub fn queued(&self) -> Arc<AtomicU64> {
+        self.queued.clone()
+    }
+
     /// Messages dropped because the bus's publish queue was full.
     pub fn dropped(&self) -> Arc<AtomicU64> {
         self.dropped.clone()
@@ -243,6 +253,9 @@ impl Publisher {
     /// Queues a message without blocking; when the queue is full the message
     /// is dropped and counted (a stuck router must not stall the drivers).
     pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        // Counted before the send, so the publisher thread's decrement can
+        // never come first.
+        self.queued.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(Outgoing {
             topic,
             payload,
@@ -250,6 +263,7 @@ impl Publisher {
         }) {
             Ok(()) => {}
             Err(TrySendError::Full(message)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     tracing::warn!(
@@ -259,6 +273,7 @@ impl Publisher {
                 }
             }
             Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 tracing::error!("bus publisher thread is gone");
             }
         }
@@ -270,8 +285,10 @@ fn run_publisher(
     // Held so the router keeps the link; a publisher receives nothing.
     _link_rx: LinkRx,
     inbox: std::sync::mpsc::Receiver<Outgoing>,
+    queued: &AtomicU64,
 ) {
     for message in inbox {
+        queued.fetch_sub(1, Ordering::Relaxed);
         let publish = Publish::new(
             Bytes::from(message.topic),
             Bytes::from(message.payload),

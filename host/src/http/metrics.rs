@@ -65,6 +65,13 @@ pub fn render(live: &Live, counters: &Counters) -> String {
             samples: per_plugin(|s| s["restarts"].as_f64().unwrap_or(0.0)),
         },
         Family {
+            name: "omh_plugin_deadline_interrupts_total",
+            kind: "counter",
+            help: "Calls stopped at their deadline (epoch interrupt or call_timeout).",
+            label: "instance",
+            samples: per_plugin(|s| s["deadline_interrupts"].as_f64().unwrap_or(0.0)),
+        },
+        Family {
             name: "omh_sink_messages_total",
             kind: "counter",
             help: "Group messages committed to the sink's database.",
@@ -125,6 +132,12 @@ pub fn render(live: &Live, counters: &Counters) -> String {
         }
     }
     let scalars = [
+        (
+            "omh_bus_publish_queue_depth",
+            "gauge",
+            "Messages waiting to enter the broker.",
+            counters.bus_publish_queued.load(Ordering::Relaxed) as f64,
+        ),
         (
             "omh_bus_publish_dropped_total",
             "counter",

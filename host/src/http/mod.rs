@@ -51,6 +51,7 @@ pub struct WritePath {
 /// Counters kept elsewhere in the host that `/metrics` reads.
 pub struct Counters {
     pub sinks: Vec<(String, Arc<SinkMetrics>)>,
+    pub bus_publish_queued: Arc<AtomicU64>,
     pub bus_publish_dropped: Arc<AtomicU64>,
     pub bus_subscriber_skips: Arc<AtomicU64>,
 }

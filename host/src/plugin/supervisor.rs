@@ -98,6 +98,8 @@ pub struct Supervised<B> {
     backoff: Duration,
     retry_at: Option<(Instant, String)>,
     restarts: u64,
+    /// Calls stopped at their deadline (epoch interrupt or call_timeout).
+    interrupts: u64,
     status: StatusBoard,
 }
 
@@ -124,6 +126,7 @@ impl<B: Send> Supervised<B> {
             backoff: FIRST_BACKOFF,
             retry_at: None,
             restarts: 0,
+            interrupts: 0,
             status,
         })
     }
@@ -146,11 +149,19 @@ impl<B: Send> Supervised<B> {
         match outcome {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(error))) => Err(CallError::Plugin(error)),
-            Ok(Err(trap)) => Err(self.crashed(self.explain_trap(&trap))),
-            Err(_elapsed) => Err(self.crashed(format!(
-                "call did not return within {} (call_timeout)",
-                humantime::format_duration(self.call_timeout)
-            ))),
+            Ok(Err(trap)) => {
+                if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                    self.interrupts += 1;
+                }
+                Err(self.crashed(self.explain_trap(&trap)))
+            }
+            Err(_elapsed) => {
+                self.interrupts += 1;
+                Err(self.crashed(format!(
+                    "call did not return within {} (call_timeout)",
+                    humantime::format_duration(self.call_timeout)
+                )))
+            }
         }
     }
 
@@ -200,8 +211,13 @@ impl<B: Send> Supervised<B> {
         self.failed = None;
         self.retry_at = None;
         self.backoff = FIRST_BACKOFF;
-        self.status
-            .plugin(&self.name, Phase::Running, self.restarts, None);
+        self.status.plugin(
+            &self.name,
+            Phase::Running,
+            self.restarts,
+            self.interrupts,
+            None,
+        );
         Ok(())
     }
 
@@ -233,14 +249,24 @@ impl<B: Send> Supervised<B> {
                 }
                 self.live = Some((live, Instant::now()));
                 self.retry_at = None;
-                self.status
-                    .plugin(&self.name, Phase::Running, self.restarts, None);
+                self.status.plugin(
+                    &self.name,
+                    Phase::Running,
+                    self.restarts,
+                    self.interrupts,
+                    None,
+                );
                 Ok(())
             }
             Ok(Err(StartError::InvalidConfig(reason))) => {
                 tracing::error!(plugin = %self.name, error = %reason, "plugin rejected its configuration; fix the manifest");
-                self.status
-                    .plugin(&self.name, Phase::Failed, self.restarts, Some(&reason));
+                self.status.plugin(
+                    &self.name,
+                    Phase::Failed,
+                    self.restarts,
+                    self.interrupts,
+                    Some(&reason),
+                );
                 self.failed = Some(reason.clone());
                 Err(CallError::Failed(reason))
             }
@@ -268,8 +294,13 @@ impl<B: Send> Supervised<B> {
             retry_in_ms = delay.as_millis() as u64,
             "plugin crashed; restarting after backoff"
         );
-        self.status
-            .plugin(&self.name, Phase::Crashed, self.restarts, Some(&reason));
+        self.status.plugin(
+            &self.name,
+            Phase::Crashed,
+            self.restarts,
+            self.interrupts,
+            Some(&reason),
+        );
         CallError::Crashed(reason)
     }
 

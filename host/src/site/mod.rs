@@ -144,6 +144,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         tokio::spawn(live.clone().follow(feed));
         let counters = Counters {
             sinks: sink_metrics,
+            bus_publish_queued: publisher.queued(),
             bus_publish_dropped: publisher.dropped(),
             bus_subscriber_skips: bus_skips,
         };
