@@ -6,10 +6,9 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 use support::site::{
     Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with,
-    sqlite_conditions_at, wait_for,
+    sqlite_conditions_at,
 };
 
 const GROUP_A: &str = "/neuron/omh/line/a";
@@ -62,16 +61,6 @@ fn hang_up(site: &RunningSite) {
     assert!(sent.success());
 }
 
-async fn wait_for_log(site: &mut RunningSite, line: &str) {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("log line containing {line:?}"),
-        site,
-        async |site| site.log().contains(line).then_some(()),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing_readings() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +90,7 @@ async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing
     )
     .unwrap();
     hang_up(&running);
-    wait_for_log(&mut running, "manifest reload rejected").await;
+    running.wait_for_log("manifest reload rejected").await;
     let log = running.log();
     assert!(
         log.contains(&format!(
@@ -121,7 +110,7 @@ async fn sighup_rejects_a_broken_manifest_and_applies_a_valid_one_without_losing
     )
     .unwrap();
     hang_up(&running);
-    wait_for_log(&mut running, "manifest reload: applied").await;
+    running.wait_for_log("manifest reload: applied").await;
     assert!(
         running
             .log()

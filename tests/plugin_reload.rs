@@ -10,8 +10,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 use support::site::{
-    Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with,
-    test_plugins_dir, wait_for,
+    Collector, RunningSite, free_port, manifest_header, plugins_dir, plugins_with, test_plugins_dir,
 };
 
 const TOPIC: &str = "/neuron/omh/line/g";
@@ -68,16 +67,6 @@ fn replace(plugin: &Path, bytes: &[u8]) {
     std::fs::write(plugin, bytes).unwrap();
 }
 
-async fn wait_for_log(site: &mut RunningSite, line: &str) {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("log line containing {line:?}"),
-        site,
-        async |site| site.log().contains(line).then_some(()),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps_publishing() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,11 +86,8 @@ async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps
         &driver,
         &std::fs::read(test_plugins_dir().join("future-wit-driver.wasm")).unwrap(),
     );
-    wait_for_log(
-        &mut site,
-        "plugin modbus-tcp: rejected new file: built for omh:plugin@0.9.0",
-    )
-    .await;
+    site.wait_for_log("plugin modbus-tcp: rejected new file: built for omh:plugin@0.9.0")
+        .await;
     mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 
     // A driver that compiles and links, but whose configure refuses the
@@ -110,16 +96,14 @@ async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps
         &driver,
         &std::fs::read(test_plugins_dir().join("misbehaving-driver.wasm")).unwrap(),
     );
-    wait_for_log(
-        &mut site,
-        "plugin modbus-tcp: rejected new file: devices.line: invalid configuration",
-    )
-    .await;
+    site.wait_for_log("plugin modbus-tcp: rejected new file: devices.line: invalid configuration")
+        .await;
     mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 
     // A valid new build: swapped in between two polls.
     replace(&driver, &rebuilt(&original));
-    wait_for_log(&mut site, "plugin modbus-tcp: new version loaded (sha256 ").await;
+    site.wait_for_log("plugin modbus-tcp: new version loaded (sha256 ")
+        .await;
     assert!(site.log().contains("1 instances swapped"), "{}", site.log());
     mqtt.wait_for_more(&mut site, TOPIC, 5).await;
 

@@ -132,6 +132,17 @@ impl RunningSite {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the host's log contains `line`.
+    pub async fn wait_for_log(&mut self, line: &str) {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("log line containing {line:?}"),
+            self,
+            async |site| site.log().contains(line).then_some(()),
+        )
+        .await;
+    }
+
     /// Panics with the host's log when the process has exited.
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
