@@ -4,6 +4,7 @@
 
 mod buffer;
 mod bus;
+mod gateway;
 mod http;
 mod manifest;
 mod migrate;
@@ -32,6 +33,7 @@ use std::process::ExitCode;
         omh-host --manifest examples/quickstart.toml\n  \
         omh-host check --manifest site.toml\n  \
         omh-host migrate --database postgres://user@localhost/omh\n  \
+        omh-host passwd scada\n  \
         omh-host plugins list --manifest site.toml\n\n\
         Logging: OMH_LOG=debug (or any tracing filter, e.g. OMH_LOG=info,omh_host=debug)."
 )]
@@ -76,6 +78,19 @@ enum Command {
         #[command(flatten)]
         settings: migrate::TimescaleSettings,
     },
+    /// Print the manifest lines for an MQTT user, with an argon2 hash of
+    /// their password (the manifest never holds the password itself).
+    ///
+    /// On a terminal the password is asked for twice, without echo;
+    /// otherwise the first line of standard input is the password.
+    #[command(after_help = "Examples:\n  \
+        omh-host passwd scada >> site.toml\n  \
+        printf '%s\\n' \"$PASSWORD\" | omh-host passwd grafana")]
+    Passwd {
+        /// The MQTT username the lines are for.
+        #[arg(value_name = "USERNAME")]
+        username: String,
+    },
     /// Work with plugins (.wasm components).
     Plugins {
         #[command(subcommand)]
@@ -110,6 +125,7 @@ fn main() -> ExitCode {
         None | Some(Command::Run) => run(cli.manifest.as_deref()),
         Some(Command::Check) => check(cli.manifest.as_deref()),
         Some(Command::Migrate { database, settings }) => migrate::run(&database, &settings),
+        Some(Command::Passwd { username }) => passwd(&username),
         Some(Command::Plugins {
             command: PluginsCommand::List { dir },
         }) => list_plugins(cli.manifest.as_deref(), dir),
@@ -127,8 +143,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OMH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    // rumqttd logs every client that disconnects as an error; the gateway
+    // logs connections itself, so those two modules stay quiet.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OMH_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off",
+        )
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -167,6 +188,38 @@ fn check(manifest: Option<&Path>) -> anyhow::Result<()> {
         m.sinks.len(),
         m.simulators.len()
     );
+    Ok(())
+}
+
+fn passwd(username: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {username}: "))?;
+        if rpassword::prompt_password("again: ")? != first {
+            anyhow::bail!("the two passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    let key = if username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        username.to_string()
+    } else {
+        format!("{username:?}")
+    };
+    println!("[broker.users.{key}]");
+    println!("password_hash = \"{}\"", gateway::hash_password(&password));
+    println!("# Topic filters this user may publish to (e.g. the write topic) and read.");
+    println!("publish = []");
+    println!("subscribe = [\"#\"]");
     Ok(())
 }
 

@@ -48,10 +48,11 @@ pub fn plugins_with(dir: &Path, files: &[PathBuf]) -> PathBuf {
     plugins
 }
 
-/// The `[site]`, `[plugins]` and `[broker]` sections of a test manifest.
+/// The `[site]`, `[plugins]` and `[broker]` sections of a test manifest
+/// (the broker on loopback, open to anonymous clients).
 pub fn manifest_header(data_dir: &Path, plugins: &Path, mqtt_port: u16) -> String {
     format!(
-        "[site]\ndata_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n",
+        "[site]\ndata_dir = \"{}\"\n[plugins]\ndir = \"{}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\nanonymous = true\n",
         data_dir.display(),
         plugins.display()
     )

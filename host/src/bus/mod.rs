@@ -4,8 +4,8 @@
 
 pub mod neuron;
 
+use crate::gateway::{self, GatewayStats, Internal};
 use crate::manifest::BrokerSection;
-use anyhow::Context;
 use bytes::Bytes;
 use futures::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
@@ -15,6 +15,7 @@ use rumqttd::{
     ServerSettings,
 };
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -27,25 +28,41 @@ const PUBLISH_QUEUE: usize = 16_384;
 /// because rumqttd's `start` takes the broker for good.
 pub struct BusBuilder {
     broker: Broker,
-    listen: std::net::SocketAddr,
+    section: BrokerSection,
+    internal: Internal,
 }
 
 impl BusBuilder {
-    pub fn new(section: &BrokerSection) -> Self {
-        let connections = ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: usize::try_from(section.max_payload_size).unwrap_or(usize::MAX),
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
+    pub fn new(section: &BrokerSection) -> anyhow::Result<Self> {
+        let internal = Internal {
+            v311: gateway::free_loopback_address()?,
+            v5: gateway::free_loopback_address()?,
+            secret: format!("{:032x}", rand::random::<u128>()),
         };
-        let server = ServerSettings {
-            name: "mqtt-v4".into(),
-            listen: section.listen,
-            tls: None,
-            next_connection_delay_ms: 1,
-            connections,
+        let server = |name: &str, listen| {
+            let mut connections = ConnectionSettings {
+                connection_timeout_ms: 10_000,
+                max_payload_size: usize::try_from(section.max_payload_size).unwrap_or(usize::MAX),
+                max_inflight_count: 100,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: true,
+            };
+            // Only the gateway knows the secret: a local process that finds
+            // these loopback ports still cannot bypass its checks.
+            let secret = internal.secret.clone();
+            connections.set_auth_handler(move |_client_id, _username, password: String| {
+                let admitted = constant_time_eq(password.as_bytes(), secret.as_bytes());
+                async move { admitted }
+            });
+            let settings = ServerSettings {
+                name: name.into(),
+                listen,
+                tls: None,
+                next_connection_delay_ms: 1,
+                connections,
+            };
+            Some(HashMap::from([(name.to_string(), settings)]))
         };
         let config = Config {
             id: 0,
@@ -60,7 +77,8 @@ impl BusBuilder {
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },
-            v4: Some(HashMap::from([("mqtt-v4".to_string(), server)])),
+            v4: server("mqtt-v4", internal.v311),
+            v5: server("mqtt-v5", internal.v5),
             // Alerts are how rumqttd reports skipping a slow subscriber.
             // Its timer thread needs both kinds configured (it unwraps both).
             metrics: Some(HashMap::from([
@@ -69,10 +87,11 @@ impl BusBuilder {
             ])),
             ..Default::default()
         };
-        Self {
+        Ok(Self {
             broker: Broker::new(config),
-            listen: section.listen,
-        }
+            section: section.clone(),
+            internal,
+        })
     }
 
     /// A link that publishes group messages; feed it through the returned
@@ -157,12 +176,9 @@ impl BusBuilder {
         Ok(skips)
     }
 
-    /// Starts the MQTT listener on its own thread.
-    pub fn start(mut self) -> anyhow::Result<()> {
-        // rumqttd only logs a failed bind from its server thread; check first
-        // so a port clash stops start-up with a clear message.
-        std::net::TcpListener::bind(self.listen)
-            .with_context(|| format!("broker: cannot listen on {}", self.listen))?;
+    /// Starts the broker on its own thread, then the gateway's listeners
+    /// for outside clients (TLS files relative to `manifest_dir`).
+    pub async fn start(mut self, manifest_dir: &Path) -> anyhow::Result<Arc<GatewayStats>> {
         std::thread::Builder::new()
             .name("omh-broker".into())
             .spawn(move || {
@@ -170,9 +186,16 @@ impl BusBuilder {
                     tracing::error!(%error, "broker stopped");
                 }
             })?;
-        tracing::info!(listen = %self.listen, "MQTT broker listening");
-        Ok(())
+        gateway::wait_for_broker(self.internal.v311, &self.internal).await?;
+        gateway::wait_for_broker(self.internal.v5, &self.internal).await?;
+        gateway::start(&self.section, manifest_dir, self.internal).await
     }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// says nothing about how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn subscribe(link_tx: &mut LinkTx, client_id: &str, filters: &[String]) -> anyhow::Result<()> {

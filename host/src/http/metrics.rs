@@ -151,6 +151,24 @@ pub fn render(live: &Live, counters: &Counters) -> String {
             counters.bus_subscriber_skips.load(Ordering::Relaxed) as f64,
         ),
         (
+            "omh_mqtt_connections",
+            "gauge",
+            "Outside MQTT client connections open now (plain and TLS).",
+            counters.gateway.connections.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "omh_mqtt_auth_failures_total",
+            "counter",
+            "MQTT CONNECTs refused: unknown user, wrong password, or anonymous when not allowed.",
+            counters.gateway.auth_failures.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "omh_mqtt_acl_denials_total",
+            "counter",
+            "PUBLISHes and subscription filters refused: outside the user's topic permissions, or $ filters.",
+            counters.gateway.acl_denials.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "omh_uptime_seconds",
             "gauge",
             "Seconds since the host started.",

@@ -54,6 +54,7 @@ pub struct Counters {
     pub bus_publish_queued: Arc<AtomicU64>,
     pub bus_publish_dropped: Arc<AtomicU64>,
     pub bus_subscriber_skips: Arc<AtomicU64>,
+    pub gateway: Arc<crate::gateway::GatewayStats>,
 }
 
 #[derive(Clone)]

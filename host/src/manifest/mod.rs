@@ -6,6 +6,7 @@
 //! Every problem is reported as `file: key.path: message` so a user can find
 //! it without reading our code.
 
+mod broker;
 mod env;
 mod units;
 mod validate;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use broker::{BrokerSection, BrokerUser};
 pub use validate::TopicTemplate;
 
 #[derive(Debug, Deserialize)]
@@ -125,42 +127,6 @@ impl Limits {
 pub struct ResolvedLimits {
     pub memory_limit: u64,
     pub call_timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerSection {
-    /// MQTT 3.1.1 listener for outside clients.
-    #[serde(default = "default_broker_listen")]
-    pub listen: SocketAddr,
-    /// Topic of each group message; `{device}` and `{group}` are replaced.
-    /// The default is Neuron's topic for an app named `omh`.
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    /// Where outside clients publish Neuron write requests
-    /// (`{"uuid":..,"node":..,"group":..,"tag":..,"value":..}`).
-    #[serde(default = "default_write_topic")]
-    pub write_topic: String,
-    /// Where the result of each write request is published.
-    #[serde(default = "default_write_response_topic")]
-    pub write_response_topic: String,
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    #[serde(default = "default_max_payload", deserialize_with = "units::byte_size")]
-    pub max_payload_size: u64,
-}
-
-impl Default for BrokerSection {
-    fn default() -> Self {
-        Self {
-            listen: default_broker_listen(),
-            topic: default_topic(),
-            write_topic: default_write_topic(),
-            write_response_topic: default_write_response_topic(),
-            max_connections: default_max_connections(),
-            max_payload_size: default_max_payload(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -275,24 +241,6 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_plugins_dir() -> PathBuf {
     "plugins".into()
-}
-fn default_broker_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 1883))
-}
-fn default_topic() -> String {
-    "/neuron/omh/{device}/{group}".into()
-}
-fn default_write_topic() -> String {
-    "/neuron/omh/write/req".into()
-}
-fn default_write_response_topic() -> String {
-    "/neuron/omh/write/resp".into()
-}
-fn default_max_connections() -> usize {
-    1000
-}
-fn default_max_payload() -> u64 {
-    1 << 20
 }
 fn default_batch_size() -> usize {
     500

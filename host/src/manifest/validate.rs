@@ -38,6 +38,7 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
             );
         }
     }
+    super::broker::validate(&manifest.broker, &mut problems);
     check_limits("plugins.limits", &manifest.plugins.limits, &mut problems);
 
     for (name, simulator) in &manifest.simulators {
@@ -169,10 +170,10 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: String, message: String) {
+    pub(super) fn add(&mut self, path: String, message: String) {
         self.0.push(Problem {
             path,
             message,
@@ -239,7 +240,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 }
 
 /// MQTT filter rules: `#` only as the whole last level, `+` only as a whole level.
-fn check_topic_filter(filter: &str) -> Result<(), String> {
+pub(super) fn check_topic_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
         return Err("\"\" is not a topic filter".into());
     }

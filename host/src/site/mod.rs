@@ -102,7 +102,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         crate::simulator::start(name, simulator).await?;
     }
 
-    let bus = BusBuilder::new(&manifest.broker);
+    let bus = BusBuilder::new(&manifest.broker)?;
     let publisher = bus.publisher()?;
     let responder = Responder::new(
         publisher.clone(),
@@ -134,7 +134,11 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         None => None,
     };
     let bus_skips = bus.report_skips()?;
-    bus.start()?;
+    let manifest_dir = loaded.path.parent().unwrap_or(std::path::Path::new("."));
+    let gateway = bus
+        .start(manifest_dir)
+        .await
+        .with_context(|| loaded.path.display().to_string())?;
     let (mut pipeline, sink_metrics) = Pipeline::start(&site, loaded, sinks, devices)?;
     tokio::spawn(writes::route(write_requests, routed_queues, responder));
     let loaded = &pipeline.loaded;
@@ -147,6 +151,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             bus_publish_queued: publisher.queued(),
             bus_publish_dropped: publisher.dropped(),
             bus_subscriber_skips: bus_skips,
+            gateway,
         };
         let writes = WritePath {
             publisher: publisher.clone(),
