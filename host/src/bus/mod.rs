@@ -24,6 +24,12 @@ use std::sync::{Arc, Mutex};
 /// site; beyond it the router is not keeping up and we drop, counted.
 const PUBLISH_QUEUE: usize = 16_384;
 
+/// Headroom in rumqttd's connection limit for the host's own links
+/// (publisher, sinks, live view, writes, probes). A connection rumqttd
+/// refuses leaves a broken will entry that breaks the next CONNECT with the
+/// same client id, so the gateway's limit must be the one that bites.
+const INTERNAL_LINKS: usize = 256;
+
 /// Builds the broker; links must be made before [`BusBuilder::start`]
 /// because rumqttd's `start` takes the broker for good.
 pub struct BusBuilder {
@@ -67,7 +73,9 @@ impl BusBuilder {
         let config = Config {
             id: 0,
             router: RouterConfig {
-                max_connections: section.max_connections,
+                // The gateway enforces broker.max_connections; rumqttd must
+                // never refuse one itself (see INTERNAL_LINKS).
+                max_connections: section.max_connections + INTERNAL_LINKS,
                 max_outgoing_packet_count: 200,
                 // rumqttd keeps every filter's log in memory: 1 MiB x 10 bounds
                 // it (the defaults, 100 MiB x 10 per filter, would not).

@@ -117,6 +117,19 @@ where
         &mut out,
     )?;
     broker.write_all(&out).await?;
+    // Wait for the broker's CONNACK even if the client is gone already:
+    // rumqttd 0.20 leaves a broken will entry behind for a connection that
+    // closes before its CONNACK is written, and the next CONNECT with that
+    // client id then panics its listener thread for good.
+    let mut from_broker = BytesMut::with_capacity(READ_CHUNK);
+    let connack = tokio::time::timeout(
+        shared.connect_timeout,
+        read_frame(&mut broker, &mut from_broker, usize::MAX),
+    )
+    .await
+    .context("no CONNACK from the embedded broker in time")??
+    .context("the embedded broker closed the connection before CONNACK")?;
+    client.write_all(&connack).await?;
     tracing::debug!(%peer, %client_id, user = username.as_deref().unwrap_or("(anonymous)"), ?version, "MQTT client connected");
 
     // Every connection goes through the guard, even one allowed every
@@ -138,7 +151,7 @@ where
     // publishes the client's will exactly as it would for a direct client.
     tokio::select! {
         result = guard.upstream(client_rx, broker_tx, inbound, inject) => result,
-        result = guard.downstream(broker_rx, client_tx, injected) => result,
+        result = guard.downstream(broker_rx, from_broker, client_tx, injected) => result,
     }
 }
 
@@ -349,13 +362,27 @@ impl Guard<'_> {
     async fn downstream<W: AsyncWrite + Unpin>(
         &self,
         mut broker: OwnedReadHalf,
+        mut inbound: BytesMut,
         mut client: W,
         mut injected: mpsc::Receiver<ToClient>,
     ) -> anyhow::Result<()> {
-        let mut inbound = BytesMut::with_capacity(READ_CHUNK);
         let mut out = BytesMut::new();
         let mut pending_subacks = HashMap::new();
         loop {
+            while let Some(frame) = frame::next(&mut inbound, usize::MAX)? {
+                if frame::packet_type(&frame) != SUBACK {
+                    out.extend_from_slice(&frame);
+                    continue;
+                }
+                while let Ok(item) = injected.try_recv() {
+                    take(item, &mut pending_subacks, &mut out);
+                }
+                self.suback(frame, &mut pending_subacks, &mut out)?;
+            }
+            if !out.is_empty() {
+                client.write_all(&out).await?;
+                out.clear();
+            }
             tokio::select! {
                 biased;
                 Some(item) = injected.recv() => take(item, &mut pending_subacks, &mut out),
@@ -363,21 +390,7 @@ impl Guard<'_> {
                     if !more? {
                         return Ok(());
                     }
-                    while let Some(frame) = frame::next(&mut inbound, usize::MAX)? {
-                        if frame::packet_type(&frame) != SUBACK {
-                            out.extend_from_slice(&frame);
-                            continue;
-                        }
-                        while let Ok(item) = injected.try_recv() {
-                            take(item, &mut pending_subacks, &mut out);
-                        }
-                        self.suback(frame, &mut pending_subacks, &mut out)?;
-                    }
                 }
-            }
-            if !out.is_empty() {
-                client.write_all(&out).await?;
-                out.clear();
             }
         }
     }

@@ -181,9 +181,11 @@ pub async fn wait_for_broker(address: SocketAddr, internal: &Internal) -> anyhow
         Version::V311
     };
     let mut last_error = anyhow::anyhow!("nothing listens there");
-    for _ in 0..100 {
+    for attempt in 0..100 {
         match TcpStream::connect(address).await {
-            Ok(mut stream) => match probe(&mut stream, version, &internal.secret).await {
+            // A fresh client id each time: see the CONNACK comment in
+            // connection.rs for what rumqttd does with a reused one.
+            Ok(mut stream) => match probe(&mut stream, version, &internal.secret, attempt).await {
                 Ok(()) => return Ok(()),
                 Err(error) => last_error = error,
             },
@@ -194,12 +196,17 @@ pub async fn wait_for_broker(address: SocketAddr, internal: &Internal) -> anyhow
     Err(last_error.context(format!("the embedded broker does not answer on {address}")))
 }
 
-async fn probe(stream: &mut TcpStream, version: Version, secret: &str) -> anyhow::Result<()> {
+async fn probe(
+    stream: &mut TcpStream,
+    version: Version,
+    secret: &str,
+    attempt: u32,
+) -> anyhow::Result<()> {
     use rumqttd::protocol::{Connect, Disconnect, DisconnectReasonCode, Login, Packet};
     use tokio::io::AsyncWriteExt;
     let connect = Connect {
         keep_alive: 10,
-        client_id: "omh-gateway-probe".into(),
+        client_id: format!("omh-gateway-probe-{attempt}"),
         clean_session: true,
     };
     let login = Login {

@@ -25,7 +25,11 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let private_key = rustls_pemfile::private_key(&mut &read("key", key)?[..])
         .with_context(|| format!("broker.tls.key: {} is not PEM", key.display()))?
         .with_context(|| format!("broker.tls.key: {} has no private key block", key.display()))?;
-    let config = ServerConfig::builder()
+    // The provider is named here rather than installed process-wide.
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("broker.tls: no TLS version in common with the crypto provider")?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
         .with_context(|| {
