@@ -8,10 +8,10 @@ mod support;
 use rumqttc::{LastWill, Packet, QoS};
 use std::time::{Duration, Instant};
 use support::mqtt::{
-    broker_site, connected, mosquitto, next_matching, next_publish, publishes_until_quiet,
-    raw_connect, session, subscribed, unique_id,
+    broker_site, connect_packet, connected, mosquitto, next_matching, next_publish,
+    publishes_until_quiet, raw_connect, session, subscribed, unique_id,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHORT: Duration = Duration::from_secs(2);
 
@@ -276,4 +276,89 @@ async fn subscriptions_match_as_the_spec_says() {
     );
     assert!(out.status.success());
     assert!(next_publish(&mut eventloop, SHORT).await.is_none());
+}
+
+/// Deterministic noise, so a failure can be replayed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn malformed_packets_end_only_their_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut site, port) = broker_site(dir.path(), "anonymous = true\n").await;
+    let (client, mut eventloop) = session(port, &unique_id("bystander"), true);
+    connected(&mut eventloop).await;
+    subscribed(&client, &mut eventloop, "still/#", QoS::AtMostOnce).await;
+    // Kept polled (and so pinging) while the noise goes on.
+    let (received, mut bystander) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(Packet::Publish(publish)) = event {
+                let _ = received.send(publish);
+            }
+        }
+    });
+
+    // 300 connections, MQTT 3.1.1 and 5, reusing five client ids, each
+    // sending CONNECT and then garbage: noise, a packet only a server may
+    // send (UNSUBACK with a body, which panics rumqttd's MQTT 5 decoder),
+    // or a packet announcing 200 MB.
+    for seed in 0..300u64 {
+        let level = if seed % 2 == 0 { 5 } else { 4 };
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            panic!("the broker stopped accepting connections at {seed}");
+        };
+        let mut bytes = connect_packet(&format!("fuzz-{}", seed % 5), 10, level);
+        match seed % 3 {
+            0 => bytes.extend(noise(seed, 1 + (seed as usize * 7) % 300)),
+            1 => bytes.extend([0xB0, 0x03, 0x00, 0x01, 0x00]),
+            _ => bytes.extend([0x30, 0xFF, 0xFF, 0xFF, 0x7F]),
+        }
+        let _ = stream.write_all(&bytes).await;
+        let mut rest = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(50), stream.read_to_end(&mut rest)).await;
+    }
+    site.assert_alive();
+
+    // The bystander still gets messages, and a well-behaved MQTT 5 client
+    // can use one of the abused client ids.
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port.to_string(),
+            "-V",
+            "5",
+            "-i",
+            "fuzz-1",
+            "-t",
+            "still/here",
+            "-m",
+            "yes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let publish = tokio::time::timeout(SHORT, bystander.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("bystander served");
+    assert_eq!(&publish.payload[..], b"yes");
+    drop(client);
 }

@@ -98,11 +98,14 @@ pub async fn subscribed(client: &AsyncClient, eventloop: &mut EventLoop, filter:
     .expect("SUBACK within 10 s");
 }
 
-/// An MQTT 3.1.1 CONNECT for `client_id` with `keep_alive` seconds and no
-/// credentials, written by hand.
-pub fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+/// A clean-session CONNECT for `client_id` with `keep_alive` seconds and no
+/// credentials, written by hand: MQTT 3.1.1 (`level` 4) or 5.
+pub fn connect_packet(client_id: &str, keep_alive: u16, level: u8) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02];
     body.extend_from_slice(&keep_alive.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
     body.extend_from_slice(client_id.as_bytes());
     let mut packet = vec![0x10, body.len() as u8];
@@ -115,7 +118,7 @@ pub fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
 pub async fn raw_connect(port: u16, client_id: &str, keep_alive: u16) -> (TcpStream, u8) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream
-        .write_all(&connect_packet(client_id, keep_alive))
+        .write_all(&connect_packet(client_id, keep_alive, 4))
         .await
         .unwrap();
     let mut connack = [0u8; 4];

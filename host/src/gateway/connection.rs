@@ -236,6 +236,9 @@ impl Guard<'_> {
                     },
                     SUBSCRIBE => self.subscribe(frame, &mut out, &inject).await?,
                     CONNECT => bail!("a second CONNECT"),
+                    kind if !frame::client_may_send(kind) => {
+                        bail!("packet type {kind} may not come from a client")
+                    }
                     _ => out.extend_from_slice(&frame),
                 }
             }

@@ -35,6 +35,15 @@ pub const PUBLISH: u8 = 3;
 pub const SUBSCRIBE: u8 = 8;
 pub const SUBACK: u8 = 9;
 
+/// Whether a client may send a packet of this type after its CONNECT.
+/// The others (CONNACK, SUBACK, UNSUBACK, PINGRESP, reserved 0) are a
+/// protocol error, and must never reach rumqttd: its MQTT 5 decoder hits
+/// `unreachable!()` on some of them, and a panicked connection leaves a
+/// broken will entry behind (see connection.rs).
+pub fn client_may_send(packet_type: u8) -> bool {
+    matches!(packet_type, 3..=8 | 10 | 12 | 14 | 15)
+}
+
 /// Takes the next whole packet off the front of `buffer`, or `None` if more
 /// bytes are needed. A packet longer than `max_size` is an error, raised as
 /// soon as its header is read (before its body is buffered).
@@ -104,7 +113,6 @@ pub fn publish_header(frame: &[u8]) -> Option<PublishHeader<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttd::protocol::{Publish, QoS};
 
     fn encoded(version: Version, packet: Packet) -> BytesMut {
         let mut out = BytesMut::new();
@@ -114,10 +122,8 @@ mod tests {
 
     #[test]
     fn splits_a_stream_into_packets_and_waits_for_partial_ones() {
-        let mut publish = Publish::new("a/b", "x", false);
-        publish.qos = QoS::AtLeastOnce;
-        publish.pkid = 7;
-        let one = encoded(Version::V311, Packet::Publish(publish, None));
+        // PUBLISH, QoS 1, topic "a/b", packet id 7, payload "x".
+        let one = BytesMut::from(&[0x32, 8, 0, 3, b'a', b'/', b'b', 0, 7, b'x'][..]);
         let mut stream = BytesMut::new();
         stream.extend_from_slice(&one);
         stream.extend_from_slice(&one[..3]);
@@ -134,6 +140,47 @@ mod tests {
         // PUBLISH announcing 100 MB of body.
         let mut stream = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x30][..]);
         assert!(next(&mut stream, 1 << 20).is_err());
+    }
+
+    /// Every function the gateway runs on a client's bytes, including
+    /// rumqttd's decoder (a panic there would end only that connection's
+    /// task, but should not happen at all).
+    fn take_apart(buffer: &mut BytesMut, max: usize) {
+        while let Ok(Some(frame)) = next(buffer, max) {
+            let kind = packet_type(&frame);
+            let _ = connect_level(&frame);
+            let _ = publish_header(&frame);
+            // What the gateway decodes: CONNECT, and PUBLISH and SUBSCRIBE
+            // among the packets a client may send.
+            if kind == CONNECT || (client_may_send(kind) && matches!(kind, PUBLISH | SUBSCRIBE)) {
+                for version in [Version::V311, Version::V5] {
+                    let _ = version.read(frame.clone(), max);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_are_refused_without_panicking(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            max in 0usize..1024,
+        ) {
+            take_apart(&mut BytesMut::from(&bytes[..]), max);
+        }
+
+        /// Well-framed packets with arbitrary bodies get past the framing
+        /// into the decoders.
+        #[test]
+        fn arbitrary_bodies_are_refused_without_panicking(
+            first in proptest::num::u8::ANY,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let mut buffer = BytesMut::from(&[first][..]);
+            v4::write_remaining_length(&mut buffer, body.len()).unwrap();
+            buffer.extend_from_slice(&body);
+            take_apart(&mut buffer, 1024);
+        }
     }
 
     #[test]
