@@ -362,3 +362,46 @@ fn deserialize(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
         )
     })
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Bad input never panics the manifest loader: arbitrary text, and the
+    //! shipped examples with bytes replaced, removed or repeated (so the
+    //! input stays close enough to TOML to reach every section's checks).
+
+    use super::parse;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn examples() -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        ["quickstart.toml", "seed-demo.toml"]
+            .iter()
+            .map(|name| std::fs::read_to_string(dir.join(name)).expect("example manifest"))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_is_an_error_not_a_panic(text in "\\PC{0,400}") {
+            let _ = parse(Path::new("fuzz.toml"), &text);
+        }
+
+        #[test]
+        fn mangled_examples_are_an_error_or_a_manifest_not_a_panic(
+            example in 0usize..2,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, "\\PC{0,3}"), 1..6),
+        ) {
+            let mut text = examples()[example].clone().into_bytes();
+            for (at, kind, insert) in edits {
+                let at = at.index(text.len());
+                match kind {
+                    0 => { text.splice(at..at, insert.bytes()); }
+                    1 => { text.remove(at); }
+                    _ => { let end = (at + 8).min(text.len()); let copy = text[at..end].to_vec(); text.splice(at..at, copy); }
+                }
+            }
+            let _ = parse(Path::new("fuzz.toml"), &String::from_utf8_lossy(&text));
+        }
+    }
+}
