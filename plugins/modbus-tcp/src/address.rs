@@ -424,4 +424,53 @@ mod tests {
             rejection(address, "");
         }
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of Neuron's address grammar, so generated addresses get
+        /// past the first checks as often as not.
+        fn address() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("!".to_string()),
+                Just("#".to_string()),
+                Just(".".to_string()),
+                "[0-9]{1,7}",
+                "(B|L|BB|BL|LB|LL|H|D|E)",
+                "\\PC{0,2}",
+            ];
+            proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        fn data_type() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(vec![
+                    "", "bit", "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                    "float", "double", "string",
+                ])
+                .prop_map(String::from),
+                "\\PC{0,8}",
+            ]
+        }
+
+        proptest! {
+            /// Every address is a spec or an error naming the tag, never a panic,
+            /// and an accepted one stays inside the 16-bit address space.
+            #[test]
+            fn any_address_is_parsed_or_refused(
+                address in address(),
+                data_type in data_type(),
+                base in 0u16..2,
+                writable in any::<bool>(),
+            ) {
+                let tag = Tag { name: "t".into(), address, data_type, writable };
+                match parse_tag(&tag, base) {
+                    Ok(spec) => prop_assert!(spec.end() <= 65536),
+                    Err(Error::InvalidConfig(message)) => prop_assert!(message.contains("tag `t`")),
+                    Err(other) => prop_assert!(false, "unexpected error kind {other:?}"),
+                }
+            }
+        }
+    }
 }
