@@ -454,15 +454,14 @@ fn median<T: Copy + PartialOrd>(values: impl IntoIterator<Item = T>) -> T {
 /// The host's rumqttd version, from the lock file.
 fn rumqttd_version() -> String {
     let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap_or_default();
-    let mut lines = lock.lines();
-    while let Some(line) = lines.next() {
-        if line == "name = \"rumqttd\"" {
-            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
-                return format!("rumqttd {}", version.trim_matches('"'));
-            }
-        }
-    }
-    "rumqttd".into()
+    let lines: Vec<&str> = lock.lines().collect();
+    lines
+        .windows(2)
+        .find(|pair| pair[0] == "name = \"rumqttd\"")
+        .and_then(|pair| pair[1].strip_prefix("version = "))
+        .map_or("rumqttd".into(), |version| {
+            format!("rumqttd {}", version.trim_matches('"'))
+        })
 }
 
 #[tokio::main]
