@@ -23,11 +23,9 @@
 mod support;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use support::postgres::{PgOptions, TestPostgres};
-use support::proc::{cpu_seconds, status_kib};
+use support::proc::{CpuMeter, RssSampler, machine};
 use support::site::{BusCounter, RunningSite, free_port, manifest_header, plugins_dir, wait_for};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -299,48 +297,6 @@ impl Bench {
     }
 }
 
-/// Peak VmRSS of a process, sampled every 100 ms until dropped.
-struct RssSampler {
-    pid: u32,
-    peak_kib: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> Self {
-        let peak_kib = Arc::new(AtomicU64::default());
-        let peak = peak_kib.clone();
-        let task = tokio::spawn(async move {
-            while let Some(rss) = status_kib(pid, "VmRSS") {
-                peak.fetch_max(rss, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        Self {
-            pid,
-            peak_kib,
-            task,
-        }
-    }
-
-    /// "peak sampled VmRSS / VmHWM" in MiB; call while the process lives.
-    fn report(&self) -> String {
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        let hwm = status_kib(self.pid, "VmHWM").unwrap_or_default();
-        format!(
-            "{:.0} MiB / {:.0} MiB",
-            mib(self.peak_kib.load(Ordering::Relaxed)),
-            mib(hwm)
-        )
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Produced vs committed messages/s of one sink over a window, and how far
 /// its backlog (produced minus committed, both counted from the window's
 /// start) moved: flat means the sink keeps up.
@@ -471,32 +427,6 @@ async fn catch_up(bench: &Bench, sink: &str, section: &str) -> CatchUp {
     }
 }
 
-/// CPU use of some processes from now on, in % of one core.
-struct CpuMeter {
-    pids: Vec<u32>,
-    before: Vec<f64>,
-    started: Instant,
-}
-
-impl CpuMeter {
-    fn start(pids: &[u32]) -> Self {
-        Self {
-            pids: pids.to_vec(),
-            before: pids.iter().map(|pid| cpu_seconds(*pid)).collect(),
-            started: Instant::now(),
-        }
-    }
-
-    fn percent(&self) -> Vec<f64> {
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.pids
-            .iter()
-            .zip(&self.before)
-            .map(|(pid, before)| (cpu_seconds(*pid) - before) / seconds * 100.0)
-            .collect()
-    }
-}
-
 /// The `pending` count of the buffer's "replaying them first" log line.
 fn replay_pending(log: &str) -> Option<u64> {
     let line = log.lines().find(|l| l.contains("replaying them first"))?;
@@ -505,13 +435,7 @@ fn replay_pending(log: &str) -> Option<u64> {
 }
 
 fn machine_notes(versions: &str) -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map_or("unknown CPU", |m| m.trim_start_matches([' ', '\t', ':']));
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cores} cores ({model}); {versions}; fsync = off (test cluster)")
+    format!("{}; {versions}; fsync = off (test cluster)", machine())
 }
 
 #[tokio::main]

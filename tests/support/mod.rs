@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod modbus;
+pub mod mosquitto;
 pub mod mqtt;
 pub mod postgres;
 pub mod proc;

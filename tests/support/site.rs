@@ -67,6 +67,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until something accepts TCP connections on `addr` (a broker
+/// that is starting), for at most `timeout`; false if nothing did.
+pub async fn wait_listening(addr: std::net::SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// `examples/quickstart.toml` on free ports with its data in `data_dir`:
 /// the manifest, its environment, and the MQTT and HTTP ports.
 pub struct Quickstart {
