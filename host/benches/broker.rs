@@ -492,7 +492,7 @@ async fn main() {
             host.log()
         );
     }
-    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), MOSQUITTO_LIMITS).await;
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), MOSQUITTO_LIMITS);
 
     let targets = [
         Target {

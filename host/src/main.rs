@@ -13,6 +13,7 @@ mod simulator;
 mod site;
 mod status;
 mod storage;
+mod uplink;
 
 use clap::{Parser, Subcommand};
 use plugin::catalog::{Catalog, WIT_PACKAGE, WIT_VERSION};

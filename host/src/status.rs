@@ -1,12 +1,19 @@
 //! Operator-visible state, published as retained JSON on the bus so any MQTT
-//! client sees it at once: `omh/status/plugins/<instance>` with the state,
-//! restart count and last error of each plugin instance.
+//! client sees it at once:
+//! - `omh/status/host`: online while the host runs, offline after a clean
+//!   stop (upstream, through the uplink, also as its last will);
+//! - `omh/status/devices/<device>`: connected or disconnected, with the
+//!   last error, on each change;
+//! - `omh/status/plugins/<instance>`: state, restart count and last error
+//!   of each plugin instance.
 
 use crate::bus::Publisher;
 use crate::plugin::state::unix_millis;
 use std::time::SystemTime;
 
 pub const STATUS_TOPIC_PREFIX: &str = "omh/status/plugins/";
+pub const DEVICE_STATUS_TOPIC_PREFIX: &str = "omh/status/devices/";
+pub const HOST_STATUS_TOPIC: &str = "omh/status/host";
 
 #[derive(Debug, Clone, Copy)]
 pub enum PluginState {
@@ -25,6 +32,26 @@ pub struct StatusBoard {
 impl StatusBoard {
     pub fn new(publisher: Publisher) -> Self {
         Self { publisher }
+    }
+
+    pub fn host(&self, site: &str, state: HostState) {
+        self.publisher
+            .publish(HOST_STATUS_TOPIC.into(), host_status(site, state), true);
+    }
+
+    /// A device became readable (`last_error` is `None`) or stopped being.
+    pub fn device(&self, device: &str, last_error: Option<&str>) {
+        let payload = serde_json::json!({
+            "device": device,
+            "state": if last_error.is_none() { "connected" } else { "disconnected" },
+            "last_error": last_error,
+            "timestamp": unix_millis(SystemTime::now()),
+        });
+        self.publisher.publish(
+            format!("{DEVICE_STATUS_TOPIC_PREFIX}{device}"),
+            payload.to_string().into_bytes(),
+            true,
+        );
     }
 
     pub fn plugin(
@@ -53,4 +80,33 @@ impl StatusBoard {
             true,
         );
     }
+}
+
+/// The host's state as its status message says it.
+#[derive(Debug, Clone, Copy)]
+pub enum HostState {
+    Online,
+    /// A clean stop.
+    Stopped,
+    /// The last will: the broker publishes it when the connection dies.
+    Lost,
+}
+
+/// `{"state":"online"|"offline","site":..,"timestamp":..}`, offline with a
+/// `reason`. The last will has no timestamp: it is written at connect time
+/// and published by the broker whenever the connection dies.
+pub fn host_status(site: &str, state: HostState) -> Vec<u8> {
+    let now = unix_millis(SystemTime::now());
+    let status = match state {
+        HostState::Online => {
+            serde_json::json!({ "state": "online", "site": site, "timestamp": now })
+        }
+        HostState::Stopped => {
+            serde_json::json!({ "state": "offline", "site": site, "reason": "stopped", "timestamp": now })
+        }
+        HostState::Lost => {
+            serde_json::json!({ "state": "offline", "site": site, "reason": "connection lost" })
+        }
+    };
+    status.to_string().into_bytes()
 }

@@ -1,8 +1,9 @@
 //! A real `mosquitto` broker (the Debian package, `scripts/install-deps`)
-//! on a free loopback port, as an independent broker to compare with or
-//! connect to.
+//! on a free loopback port, anonymous and without persistence: an
+//! independent broker to compare with or to connect to, which a test can
+//! stop and start again on the same port.
 
-use super::site::{free_port, wait_listening};
+use super::site::free_port;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,16 +12,16 @@ use std::time::Duration;
 pub const BINARY: &str = "/usr/sbin/mosquitto";
 
 pub struct Mosquitto {
-    child: Child,
     pub addr: SocketAddr,
+    config: PathBuf,
     log: PathBuf,
+    child: Option<Child>,
 }
 
 impl Mosquitto {
-    /// Starts mosquitto in `dir` (config and log go there) listening on
-    /// 127.0.0.1, anonymous, without persistence, with `extra` config
+    /// Starts mosquitto with its config and log in `dir` and `extra` config
     /// lines; returns once it accepts connections.
-    pub async fn start(dir: &Path, extra: &str) -> Self {
+    pub fn start(dir: &Path, extra: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = dir.join("mosquitto.conf");
@@ -37,29 +38,52 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let log = dir.join("mosquitto.log");
-        let log_file = std::fs::File::create(&log).unwrap();
+        let mut broker = Self {
+            addr,
+            config,
+            log: dir.join("mosquitto.log"),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// Starts the stopped broker again, on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "mosquitto already runs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(BINARY)
             .arg("-c")
-            .arg(&config)
+            .arg(&self.config)
             .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{BINARY} starts (scripts/install-deps installs it): {e}"));
-        let mut mosquitto = Self { child, addr, log };
-        if !wait_listening(addr, Duration::from_secs(10)).await {
-            mosquitto.kill();
-            panic!(
-                "mosquitto did not listen on {addr}; log:\n{}",
-                mosquitto.log()
-            );
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        mosquitto
+        panic!("mosquitto does not listen on {}: {}", self.addr, self.log());
+    }
+
+    /// SIGTERM, as an operator's `systemctl stop` would; waits for the exit.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("mosquitto runs");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        child.wait().unwrap();
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("mosquitto runs").id()
     }
 
     pub fn log(&self) -> String {
@@ -75,15 +99,13 @@ impl Mosquitto {
             .unwrap_or("mosquitto, unknown version")
             .to_string()
     }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

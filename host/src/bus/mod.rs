@@ -3,6 +3,7 @@
 //! topic filters through its own link; outside MQTT clients connect over TCP.
 
 pub mod neuron;
+pub mod uns;
 
 use crate::gateway::{self, GatewayStats, Internal};
 use crate::manifest::BrokerSection;
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Messages waiting for the publisher thread. Enough for seconds of a busy
 /// site; beyond it the router is not keeping up and we drop, counted.
@@ -281,6 +283,19 @@ impl Publisher {
         self.dropped.clone()
     }
 
+    /// Waits until the publisher thread has handed every queued message to
+    /// the broker, or `within` passes; at a clean stop, so the last status
+    /// messages reach connected clients before the process exits.
+    pub async fn flush(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The router forwards to subscribers on its own thread; give it a
+        // moment (it has no acknowledgement to wait on).
+        tokio::time::sleep(Duration::from_millis(100).min(within)).await;
+    }
+
     /// Queues a message without blocking; when the queue is full the message
     /// is dropped and counted (a stuck router must not stall the drivers).
     pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
@@ -374,15 +389,15 @@ impl Subscription {
     }
 
     /// Waits for a message, then takes up to `max` that have already
-    /// arrived. `None` when the broker has gone away.
-    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<Bytes>> {
-        let mut batch = vec![self.next().await?];
+    /// arrived, as (topic, payload). `None` when the broker has gone away.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<(Bytes, Bytes)>> {
+        let mut batch = vec![self.next_with_topic().await?];
         while batch.len() < max {
             // rumqttd hands a link its messages in bunches; take the rest of
             // this bunch without waiting (an empty poll loses nothing).
             match self.link_rx().next().now_or_never() {
                 Some(Ok(Some(Notification::Forward(forward)))) => {
-                    batch.push(forward.publish.payload)
+                    batch.push((forward.publish.topic, forward.publish.payload))
                 }
                 Some(Ok(Some(Notification::Unschedule))) => {
                     if self.link_rx().wake().await.is_err() {

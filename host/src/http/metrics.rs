@@ -175,7 +175,48 @@ pub fn render(live: &Live, counters: &Counters) -> String {
             live.started.elapsed().as_secs_f64(),
         ),
     ];
-    for (name, kind, help, value) in scalars {
+    let uplink = counters.uplink.as_ref().map(|uplink| {
+        let buffer = uplink.buffer.stats();
+        [
+            (
+                "omh_uplink_connected",
+                "gauge",
+                "1 while the uplink is connected to the upstream broker.",
+                f64::from(u8::from(uplink.connected.load(Ordering::Relaxed))),
+            ),
+            (
+                "omh_uplink_messages_total",
+                "counter",
+                "Messages the upstream broker acknowledged (QoS 0: sent).",
+                uplink.messages.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "omh_uplink_reconnects_total",
+                "counter",
+                "Connections to the upstream broker made after the first.",
+                uplink.reconnects.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "omh_uplink_buffer_pending_messages",
+                "gauge",
+                "Messages in the uplink's disk buffer not yet acknowledged upstream.",
+                buffer.pending as f64,
+            ),
+            (
+                "omh_uplink_buffer_bytes",
+                "gauge",
+                "Bytes of the uplink's disk buffer.",
+                buffer.bytes_on_disk as f64,
+            ),
+            (
+                "omh_uplink_buffer_dropped_total",
+                "counter",
+                "Messages dropped unsent because the uplink's buffer was full.",
+                buffer.dropped as f64,
+            ),
+        ]
+    });
+    for (name, kind, help, value) in scalars.into_iter().chain(uplink.into_iter().flatten()) {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"

@@ -34,6 +34,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::bus::Publisher;
 use crate::site::SinkMetrics;
+use crate::uplink::UplinkMetrics;
 pub use live::Live;
 
 const PAGE: &str = include_str!("page.html");
@@ -55,6 +56,7 @@ pub struct Counters {
     pub bus_publish_dropped: Arc<AtomicU64>,
     pub bus_subscriber_skips: Arc<AtomicU64>,
     pub gateway: Arc<crate::gateway::GatewayStats>,
+    pub uplink: Option<Arc<UplinkMetrics>>,
 }
 
 #[derive(Clone)]

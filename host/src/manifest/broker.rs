@@ -2,6 +2,7 @@
 //! listeners, users and their topic permissions.
 
 use super::units;
+use super::uns::{UnsSection, UnsTemplate};
 use super::validate::{Problems, check_topic_filter};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -27,6 +28,9 @@ pub struct BrokerSection {
     /// The default is Neuron's topic for an app named `omh`.
     #[serde(default = "default_topic")]
     pub topic: String,
+    /// Also publish each tag on its own retained topic of the unified
+    /// namespace; off unless present.
+    pub uns: Option<UnsSection>,
     /// Where outside clients publish Neuron write requests
     /// (`{"uuid":..,"node":..,"group":..,"tag":..,"value":..}`).
     #[serde(default = "default_write_topic")]
@@ -48,6 +52,7 @@ impl Default for BrokerSection {
             tls: None,
             users: BTreeMap::new(),
             topic: default_topic(),
+            uns: None,
             write_topic: default_write_topic(),
             write_response_topic: default_write_response_topic(),
             max_connections: default_max_connections(),
@@ -81,7 +86,9 @@ pub struct BrokerUser {
     pub subscribe: Vec<String>,
 }
 
-pub(super) fn validate(broker: &BrokerSection, problems: &mut Problems) {
+/// Checks `[broker]`; returns the unified-namespace template if it is on
+/// and valid.
+pub(super) fn validate(broker: &BrokerSection, problems: &mut Problems) -> Option<UnsTemplate> {
     if let Some(tls) = &broker.tls
         && tls.listen == broker.listen
     {
@@ -115,6 +122,10 @@ pub(super) fn validate(broker: &BrokerSection, problems: &mut Problems) {
             }
         }
     }
+    let uns = broker.uns.as_ref()?;
+    UnsTemplate::parse(&uns.topic)
+        .map_err(|message| problems.add("broker.uns.topic".into(), message))
+        .ok()
 }
 
 fn everything() -> Vec<String> {

@@ -9,6 +9,7 @@
 mod broker;
 mod env;
 mod units;
+mod uns;
 mod validate;
 
 use serde::Deserialize;
@@ -19,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use broker::{BrokerSection, BrokerUser};
+use uns::Place;
+pub use uns::{GroupTopics, UnsTemplate};
 pub use validate::TopicTemplate;
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +44,8 @@ pub struct Manifest {
     pub transforms: BTreeMap<String, TransformSection>,
     #[serde(default)]
     pub sinks: BTreeMap<String, SinkSection>,
+    /// Forwarding of bus topics to an external broker; off unless present.
+    pub uplink: Option<UplinkSection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -60,6 +65,9 @@ pub struct SiteSection {
     /// paths are relative to the manifest's directory.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// First level of the unified namespace (`[broker.uns]`).
+    #[serde(default)]
+    pub enterprise: Option<String>,
 }
 
 impl Default for SiteSection {
@@ -67,6 +75,7 @@ impl Default for SiteSection {
         Self {
             name: default_site_name(),
             data_dir: default_data_dir(),
+            enterprise: None,
         }
     }
 }
@@ -165,6 +174,11 @@ pub struct DeviceSection {
     /// [`BACKUP_ENDPOINT_SETTING`].
     #[serde(default)]
     pub backup_endpoint: Option<String>,
+    /// Area and production line of the device in the unified namespace.
+    #[serde(default)]
+    pub area: Option<String>,
+    #[serde(default)]
+    pub line: Option<String>,
     /// Handed to the driver as JSON at configure time.
     #[serde(default)]
     pub settings: toml::Table,
@@ -233,6 +247,49 @@ pub struct SinkSection {
     pub limits: Limits,
 }
 
+/// The uplink: chosen bus topics forwarded to an external MQTT broker,
+/// through a disk buffer while that broker is unreachable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883).
+    pub url: String,
+    /// Defaults to `omh-<site name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Topic filters of the local bus to forward.
+    pub topics: Vec<String>,
+    /// Prepended to every forwarded topic upstream (`acme/plant1/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// 1 (at least once, the default) or 0 (at most once).
+    #[serde(default = "default_uplink_qos")]
+    pub qos: u8,
+    #[serde(default = "default_keep_alive", deserialize_with = "units::duration")]
+    pub keep_alive: Duration,
+    /// PEM CA certificates for `mqtts`; the system's roots otherwise.
+    /// Relative to the manifest's directory.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Disk the uplink's buffer may use while the broker is unreachable;
+    /// when full, the oldest undelivered messages go.
+    #[serde(
+        default = "default_buffer_max_bytes",
+        deserialize_with = "units::byte_size"
+    )]
+    pub buffer_max_bytes: u64,
+}
+
+fn default_uplink_qos() -> u8 {
+    1
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_site_name() -> String {
     "site".into()
 }
@@ -261,6 +318,8 @@ pub struct LoadedManifest {
     pub plugins_dir: PathBuf,
     pub data_dir: PathBuf,
     pub topic: TopicTemplate,
+    /// Per-tag topics, when `[broker.uns]` is on.
+    pub uns: Option<UnsTemplate>,
 }
 
 #[derive(Debug)]
@@ -311,6 +370,23 @@ impl ManifestError {
     }
 }
 
+impl LoadedManifest {
+    /// The unified-namespace topics of one group's tags, when
+    /// `[broker.uns]` is on and the device and group exist.
+    pub fn uns_topics(&self, device: &str, group: &str) -> Option<GroupTopics> {
+        let section = self.manifest.devices.get(device)?;
+        let site = &self.manifest.site;
+        Some(self.uns.as_ref()?.group(&Place {
+            enterprise: site.enterprise.as_deref(),
+            site: &site.name,
+            area: section.area.as_deref(),
+            line: section.line.as_deref(),
+            device,
+            group,
+        }))
+    }
+}
+
 pub fn load(path: &Path) -> Result<LoadedManifest, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ManifestError::single(path, String::new(), format!("cannot read: {e}"), None)
@@ -324,7 +400,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedManifest, ManifestError> {
     let text = env::interpolate(text, |name| std::env::var(name).ok())
         .map_err(|message| ManifestError::single(path, String::new(), message, None))?;
     let manifest = deserialize(path, &text)?;
-    let topic = validate::validate(&manifest).map_err(|problems| ManifestError {
+    let (topic, uns) = validate::validate(&manifest).map_err(|problems| ManifestError {
         file: path.to_path_buf(),
         problems,
     })?;
@@ -335,6 +411,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedManifest, ManifestError> {
         data_dir: base.join(&manifest.site.data_dir),
         manifest,
         topic,
+        uns,
     })
 }
 

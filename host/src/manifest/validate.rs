@@ -1,7 +1,8 @@
 //! Checks a parsed manifest for what serde types cannot express. All problems
 //! are collected, not just the first, so one `omh-host check` run shows them.
 
-use super::{BACKUP_ENDPOINT_SETTING, Limits, Manifest, Problem};
+use super::uns::{UnsTemplate, check_level};
+use super::{BACKUP_ENDPOINT_SETTING, Limits, Manifest, Problem, UplinkSection};
 use crate::simulator::RegisterAddress;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -21,7 +22,9 @@ impl TopicTemplate {
     }
 }
 
-pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
+/// Checks everything; returns the group topic template and, when
+/// `[broker.uns]` is on, the per-tag one.
+pub fn validate(manifest: &Manifest) -> Result<(TopicTemplate, Option<UnsTemplate>), Vec<Problem>> {
     let mut problems = Problems::default();
     let topic = check_topic_template(&manifest.broker.topic, &mut problems);
     for (key, topic) in [
@@ -38,7 +41,10 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
             );
         }
     }
-    super::broker::validate(&manifest.broker, &mut problems);
+    let uns = super::broker::validate(&manifest.broker, &mut problems);
+    if manifest.broker.uns.is_some() {
+        check_uns_levels(manifest, &mut problems);
+    }
     check_limits("plugins.limits", &manifest.plugins.limits, &mut problems);
 
     for (name, simulator) in &manifest.simulators {
@@ -153,20 +159,84 @@ pub fn validate(manifest: &Manifest) -> Result<TopicTemplate, Vec<Problem>> {
         if sink.batch_size == 0 {
             problems.add(format!("{at}.batch_size"), "0 is not a batch size".into());
         }
-        if sink.buffer_max_bytes < crate::site::MIN_BUFFER_BYTES {
-            problems.add(
-                format!("{at}.buffer_max_bytes"),
-                format!(
-                    "{} bytes is too small for a buffer (at least {} MiB)",
-                    sink.buffer_max_bytes,
-                    crate::site::MIN_BUFFER_BYTES >> 20
-                ),
-            );
-        }
+        check_buffer_size(&at, sink.buffer_max_bytes, &mut problems);
         check_limits(&format!("{at}.limits"), &sink.limits, &mut problems);
     }
 
-    problems.finish(topic)
+    if let Some(uplink) = &manifest.uplink {
+        check_uplink(uplink, &mut problems);
+    }
+
+    problems.finish((topic, uns))
+}
+
+fn check_buffer_size(at: &str, bytes: u64, problems: &mut Problems) {
+    if bytes < crate::site::MIN_BUFFER_BYTES {
+        problems.add(
+            format!("{at}.buffer_max_bytes"),
+            format!(
+                "{bytes} bytes is too small for a buffer (at least {} MiB)",
+                crate::site::MIN_BUFFER_BYTES >> 20
+            ),
+        );
+    }
+}
+
+fn check_uplink(uplink: &UplinkSection, problems: &mut Problems) {
+    match crate::uplink::UplinkUrl::parse(&uplink.url) {
+        Ok(url) if !url.tls && uplink.ca_file.is_some() => problems.add(
+            "uplink.ca_file".into(),
+            format!("only used with mqtts://, and url is \"{}\"", uplink.url),
+        ),
+        Ok(_) => {}
+        Err(message) => problems.add("uplink.url".into(), message),
+    }
+    if uplink.client_id.as_deref().is_some_and(str::is_empty) {
+        problems.add(
+            "uplink.client_id".into(),
+            "must not be empty (leave it out for omh-<site name>)".into(),
+        );
+    }
+    if uplink.password.is_some() && uplink.username.is_none() {
+        problems.add(
+            "uplink.password".into(),
+            "a password needs a username".into(),
+        );
+    }
+    if uplink.topics.is_empty() {
+        problems.add(
+            "uplink.topics".into(),
+            "the uplink needs at least one topic filter".into(),
+        );
+    }
+    for (i, filter) in uplink.topics.iter().enumerate() {
+        if let Err(message) = check_topic_filter(filter) {
+            problems.add(format!("uplink.topics[{i}]"), message);
+        }
+    }
+    if uplink.prefix.contains(['+', '#']) {
+        problems.add(
+            "uplink.prefix".into(),
+            format!("\"{}\" contains an MQTT wildcard", uplink.prefix),
+        );
+    }
+    if uplink.qos > 1 {
+        problems.add(
+            "uplink.qos".into(),
+            format!("{} is not supported (0 or 1)", uplink.qos),
+        );
+    }
+    // rumqttc refuses keep-alives under a second.
+    if uplink.keep_alive < Duration::from_secs(1) {
+        problems.add(
+            "uplink.keep_alive".into(),
+            format!(
+                "{} is shorter than the minimum 1s",
+                humantime::format_duration(uplink.keep_alive)
+            ),
+        );
+    }
+    check_buffer_size("uplink", uplink.buffer_max_bytes, problems);
 }
 
 #[derive(Default)]
@@ -211,6 +281,31 @@ fn check_topic_template(template: &str, problems: &mut Problems) -> TopicTemplat
         );
     }
     TopicTemplate(template.to_string())
+}
+
+/// Every name that becomes a level of a tag's unified-namespace topic.
+fn check_uns_levels(manifest: &Manifest, problems: &mut Problems) {
+    let site = &manifest.site;
+    check_level("site.name".into(), &site.name, problems);
+    if let Some(enterprise) = &site.enterprise {
+        check_level("site.enterprise".into(), enterprise, problems);
+    }
+    for (name, device) in &manifest.devices {
+        let at = format!("devices.{name}");
+        check_level(at.clone(), name, problems);
+        for (key, value) in [("area", &device.area), ("line", &device.line)] {
+            if let Some(value) = value {
+                check_level(format!("{at}.{key}"), value, problems);
+            }
+        }
+        for (group_name, group) in &device.groups {
+            let at = format!("{at}.groups.{group_name}");
+            check_level(at.clone(), group_name, problems);
+            for (i, tag) in group.tags.iter().enumerate() {
+                check_level(format!("{at}.tags[{i}].name"), &tag.name, problems);
+            }
+        }
+    }
 }
 
 fn check_limits(at: &str, limits: &Limits, problems: &mut Problems) {

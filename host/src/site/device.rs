@@ -3,6 +3,7 @@
 //! once per interval and published as one Neuron-shaped message.
 
 use super::writes::{Responder, WriteError, WriteRequest, to_plugin_value};
+use crate::bus::uns::GroupUns;
 use crate::bus::{Publisher, neuron};
 use crate::manifest::TopicTemplate;
 use crate::plugin::bindings::types::Error as PluginError;
@@ -10,6 +11,7 @@ use crate::plugin::bindings::types::{GroupData, Message, TagError};
 use crate::plugin::runtime::{Driver, Transform};
 use crate::plugin::state::unix_millis;
 use crate::plugin::supervisor::{CallError, Supervised, describe};
+use crate::status::StatusBoard;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,6 +31,8 @@ pub struct GroupSchedule {
     /// Tags the manifest marks `writable = true`.
     pub writable: HashSet<String>,
     pub topic: String,
+    /// Per-tag topics of the unified namespace, when `[broker.uns]` is on.
+    pub uns: Option<GroupUns>,
     pub transforms: Vec<(String, Supervised<Transform>)>,
 }
 
@@ -37,6 +41,7 @@ pub struct DeviceTask {
     pub driver: Supervised<Driver>,
     pub groups: Vec<GroupSchedule>,
     pub publisher: Publisher,
+    pub status: StatusBoard,
     pub writes: mpsc::Receiver<WriteRequest>,
     pub responder: Responder,
 }
@@ -48,6 +53,7 @@ impl GroupSchedule {
         interval: Duration,
         tags: Vec<(String, bool)>,
         topic: &TopicTemplate,
+        uns: Option<GroupUns>,
         transforms: Vec<(String, Supervised<Transform>)>,
     ) -> Self {
         Self {
@@ -60,6 +66,7 @@ impl GroupSchedule {
                 .collect(),
             tags: tags.into_iter().map(|(t, _)| t).collect(),
             topic: topic.render(device, name),
+            uns,
             transforms,
         }
     }
@@ -69,7 +76,8 @@ impl DeviceTask {
     pub async fn run(mut self) {
         let start = Instant::now();
         let mut due: Vec<Instant> = vec![start; self.groups.len()];
-        let mut reading_ok = true;
+        // Unknown until the first poll, which publishes the device's status.
+        let mut readable = None;
         loop {
             let (index, at) = due
                 .iter()
@@ -86,10 +94,13 @@ impl DeviceTask {
                 }
             }
             let polled_at = unix_millis(SystemTime::now());
-            let message = self.poll(index, polled_at, &mut reading_ok).await;
-            let group = &self.groups[index];
+            let message = self.poll(index, polled_at, &mut readable).await;
+            let group = &mut self.groups[index];
             self.publisher
                 .publish(group.topic.clone(), neuron::encode(&message), false);
+            if let Some(uns) = &mut group.uns {
+                uns.publish(&self.publisher, &message);
+            }
             // Fixed-rate schedule; after an overrun, skip the missed ticks
             // rather than firing a burst.
             let next = at + group.interval;
@@ -147,7 +158,7 @@ impl DeviceTask {
         }
     }
 
-    async fn poll(&mut self, index: usize, polled_at: i64, reading_ok: &mut bool) -> Message {
+    async fn poll(&mut self, index: usize, polled_at: i64, readable: &mut Option<bool>) -> Message {
         let group_name = self.groups[index].name.clone();
         let read = self
             .driver
@@ -161,23 +172,35 @@ impl DeviceTask {
             })
             .await;
         let group = &mut self.groups[index];
-        let data = match read {
+        let (data, failure) = match read {
             Ok(data) => {
-                if !*reading_ok {
-                    tracing::info!(device = %self.name, "device readable again");
-                    *reading_ok = true;
-                }
-                data
+                let failure = unanswered(&data);
+                (data, failure)
             }
             Err(error) => {
-                // One line per change of state, not one per failed poll.
-                if *reading_ok || matches!(error, CallError::Crashed(_)) {
+                let message = error.to_string();
+                // A crash is worth a line even while the device is down.
+                if *readable == Some(false) && matches!(error, CallError::Crashed(_)) {
                     tracing::warn!(device = %self.name, group = %group.name, %error, "cannot read group");
                 }
-                *reading_ok = false;
-                all_failed(&group.tags, GROUP_UNAVAILABLE_CODE, &error.to_string())
+                let data = all_failed(&group.tags, GROUP_UNAVAILABLE_CODE, &message);
+                (data, Some(message))
             }
         };
+        // One log line and one status message per change, not per poll.
+        if *readable != Some(failure.is_none()) {
+            match &failure {
+                Some(error) => {
+                    tracing::warn!(device = %self.name, group = %group.name, %error, "cannot read group")
+                }
+                None if readable.is_some() => {
+                    tracing::info!(device = %self.name, "device readable again")
+                }
+                None => {}
+            }
+            self.status.device(&self.name, failure.as_deref());
+            *readable = Some(failure.is_none());
+        }
         let data = apply_transforms(&self.name, group, data).await;
         Message {
             node: self.name.to_string(),
@@ -222,6 +245,17 @@ async fn apply_transforms(device: &str, group: &mut GroupSchedule, data: GroupDa
         }
     }
     GroupData { readings, errors }
+}
+
+/// Why a poll counts as the device not answering: nothing was read and
+/// every error is an I/O error (negative code, by the WIT's convention;
+/// a protocol exception means the device did answer). `None` otherwise.
+fn unanswered(data: &GroupData) -> Option<String> {
+    let io_only = data.errors.iter().all(|error| error.code < 0);
+    match data.errors.first() {
+        Some(first) if data.readings.is_empty() && io_only => Some(first.message.clone()),
+        _ => None,
+    }
 }
 
 fn all_failed(tags: &[String], code: i32, message: &str) -> GroupData {

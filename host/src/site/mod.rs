@@ -7,7 +7,7 @@ mod reload;
 mod sink;
 mod writes;
 
-pub use sink::{MIN_BUFFER_BYTES, SinkMetrics};
+pub use sink::{MIN_BUFFER_BYTES, SinkMetrics, consume, open_buffer_in};
 
 use crate::bus::{BusBuilder, Subscription};
 use crate::http::{Counters, WritePath};
@@ -16,8 +16,11 @@ use crate::plugin::catalog::{Catalog, PluginFile, World};
 use crate::plugin::engine::{CodeSource, sha256_hex};
 use crate::plugin::runtime::PluginRuntime;
 use crate::plugin::versions::{PluginVersions, Version};
-use crate::status::{STATUS_TOPIC_PREFIX, StatusBoard};
+use crate::status::{
+    DEVICE_STATUS_TOPIC_PREFIX, HOST_STATUS_TOPIC, HostState, STATUS_TOPIC_PREFIX, StatusBoard,
+};
 use crate::storage::StorageUrl;
+use crate::uplink::Uplink;
 use anyhow::{Context, bail};
 use pipeline::{Pipeline, Site};
 use std::collections::HashMap;
@@ -129,6 +132,12 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         std::slice::from_ref(&manifest.broker.write_topic),
     )?;
 
+    let uplink = manifest
+        .uplink
+        .as_ref()
+        .map(|section| Uplink::build(&loaded, section, &bus))
+        .transpose()?;
+
     let live_view = match &manifest.http {
         Some(section) => Some((section.listen, live_feed(&bus, &loaded)?)),
         None => None,
@@ -139,6 +148,8 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
         .start(manifest_dir)
         .await
         .with_context(|| loaded.path.display().to_string())?;
+    let uplink = uplink.map(Uplink::start);
+    site.status.host(&manifest.site.name, HostState::Online);
     let (mut pipeline, sink_metrics) = Pipeline::start(&site, loaded, sinks, devices)?;
     tokio::spawn(writes::route(write_requests, routed_queues, responder));
     let loaded = &pipeline.loaded;
@@ -152,6 +163,7 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             bus_publish_dropped: publisher.dropped(),
             bus_subscriber_skips: bus_skips,
             gateway,
+            uplink: uplink.as_ref().map(|u| u.metrics.clone()),
         };
         let writes = WritePath {
             publisher: publisher.clone(),
@@ -180,8 +192,16 @@ pub async fn run(loaded: LoadedManifest) -> anyhow::Result<()> {
             _ = hangup => reload::reload(&site, &mut pipeline).await,
         }
     }
-    eprintln!("omh-host: stopping: devices first, then sinks write what is on the bus");
+    eprintln!(
+        "omh-host: stopping: devices first, then sinks and the uplink deliver what is on the bus"
+    );
+    let site_name = pipeline.loaded.manifest.site.name.clone();
     pipeline.stop().await;
+    site.status.host(&site_name, HostState::Stopped);
+    site.publisher.flush(Duration::from_secs(1)).await;
+    if let Some(uplink) = uplink {
+        uplink.stop().await;
+    }
     Ok(())
 }
 
@@ -274,7 +294,28 @@ fn print_where_to_look(loaded: &LoadedManifest, started: Instant) {
             eprintln!("  group topic      {}", loaded.topic.render(device, group));
         }
     }
+    // One example of the tag topics: the first tag of the first group.
+    let first_tag = manifest.devices.iter().find_map(|(device, section)| {
+        let (group, g) = section.groups.iter().next()?;
+        Some(
+            loaded
+                .uns_topics(device, group)?
+                .topic(&g.tags.first()?.name),
+        )
+    });
+    if let Some(topic) = first_tag {
+        eprintln!("  tag topics       {topic}, ...");
+    }
+    eprintln!("  host status      {HOST_STATUS_TOPIC}");
+    eprintln!("  device status    {DEVICE_STATUS_TOPIC_PREFIX}#");
     eprintln!("  plugin status    {STATUS_TOPIC_PREFIX}#");
+    if let Some(uplink) = &manifest.uplink {
+        eprintln!(
+            "  uplink           {} ({})",
+            uplink.url,
+            uplink.topics.join(", ")
+        );
+    }
     eprintln!(
         "  tag writes       {} (answers on {})",
         manifest.broker.write_topic, manifest.broker.write_response_topic

@@ -7,6 +7,7 @@ use super::device::{DeviceTask, GroupSchedule};
 use super::sink::{self, SinkMetrics, SinkTask};
 use super::writes::{Responder, WriteQueues};
 use super::{SINK_DRAIN_TIMEOUT, WRITE_QUEUE, resolve_endpoint, to_json};
+use crate::bus::uns::GroupUns;
 use crate::bus::{LinkPool, Publisher};
 use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, ResolvedLimits, SinkSection};
 use crate::plugin::runtime::{Group, InstanceSpec, PluginRuntime, Tag};
@@ -139,6 +140,10 @@ impl Site {
                     )?;
                     chain.push((transform_name.clone(), instance));
                 }
+                let retain = manifest.broker.uns.as_ref().is_none_or(|uns| uns.retain);
+                let uns = loaded
+                    .uns_topics(name, group_name)
+                    .map(|topics| GroupUns::new(topics, retain));
                 schedules.push(GroupSchedule::new(
                     name,
                     group_name,
@@ -149,6 +154,7 @@ impl Site {
                         .map(|t| (t.name.clone(), t.writable))
                         .collect(),
                     &loaded.topic,
+                    uns,
                     chain,
                 ));
             }
@@ -159,6 +165,7 @@ impl Site {
                 driver,
                 groups: schedules,
                 publisher: self.publisher.clone(),
+                status: self.status.clone(),
                 writes,
                 responder: self.responder.clone(),
             });

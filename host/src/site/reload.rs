@@ -7,7 +7,7 @@
 //! What applies: devices, groups, transforms, sinks and plugin limits.
 //! What needs a restart (logged, and the running value kept): `[site]`,
 //! `plugins.dir`, `[broker]` (its listener and limits live in rumqttd),
-//! `[http]` and `[simulators]`.
+//! `[http]`, `[simulators]` and `[uplink]`.
 
 use super::pipeline::{Pipeline, Site, sink_unchanged};
 use super::{load_plugin, plugin_uses};
@@ -91,6 +91,10 @@ fn keep_what_needs_a_restart(running: &LoadedManifest, new: &mut LoadedManifest)
         changed.push("[simulators]");
         new_manifest.simulators = old.simulators.clone();
     }
+    if old.uplink != new_manifest.uplink {
+        changed.push("[uplink]");
+        new_manifest.uplink = old.uplink.clone();
+    }
     for section in changed {
         tracing::warn!(
             "manifest reload: {section} changed: that needs a restart of omh-host; the running value stays"
@@ -100,6 +104,7 @@ fn keep_what_needs_a_restart(running: &LoadedManifest, new: &mut LoadedManifest)
     new.plugins_dir = running.plugins_dir.clone();
     new.data_dir = running.data_dir.clone();
     new.topic = running.topic.clone();
+    new.uns = running.uns.clone();
 }
 
 /// Resolves every plugin the manifest names: a loaded one is used as it

@@ -16,6 +16,7 @@ use crate::plugin::bindings::types::Message;
 use crate::plugin::runtime::Sink;
 use crate::plugin::supervisor::Supervised;
 use crate::storage::{Progress, Storage};
+use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,11 +61,22 @@ pub fn open_buffer(
     sink: &str,
     max_bytes: u64,
 ) -> anyhow::Result<(BufferWriter, BufferReader)> {
+    open_buffer_in(&data_dir.join("buffer").join(sink), max_bytes)
+}
+
+/// Opens a bus consumer's buffer in `dir`, capped at `max_bytes`.
+pub fn open_buffer_in(dir: &Path, max_bytes: u64) -> anyhow::Result<(BufferWriter, BufferReader)> {
     let limits = buffer::Limits {
         max_bytes,
         segment_bytes: (max_bytes / 8).min(MAX_SEGMENT_BYTES),
     };
-    buffer::open(&data_dir.join("buffer").join(sink), limits)
+    buffer::open(dir, limits)
+}
+
+/// What a sink buffers of a bus message: the payload alone (the group
+/// message names its device and group).
+fn payload_only(_topic: Bytes, payload: Bytes) -> Bytes {
+    payload
 }
 
 impl SinkTask {
@@ -79,6 +91,7 @@ impl SinkTask {
             self.subscription,
             buffer_writer,
             stopping.clone(),
+            payload_only,
         ));
         let (batches, next_batch) = mpsc::channel(1);
         let writer = Writer {
@@ -103,33 +116,40 @@ impl SinkTask {
     }
 }
 
-/// Bus to buffer, never waiting on the database.
-async fn consume(
+/// Bus to buffer, never waiting on the database (or, for the uplink, the
+/// upstream broker). `to_record` makes a buffer record of (topic, payload).
+/// Returns once `stopping` is true and the bus has been quiet a moment.
+pub async fn consume(
     name: Arc<str>,
     mut subscription: Subscription,
     mut buffer: BufferWriter,
     mut stopping: watch::Receiver<bool>,
+    to_record: fn(Bytes, Bytes) -> Bytes,
 ) {
     loop {
         let draining = *stopping.borrow();
-        let payloads = tokio::select! {
-            payloads = subscription.next_batch(CONSUME_BATCH) => payloads,
+        let messages = tokio::select! {
+            messages = subscription.next_batch(CONSUME_BATCH) => messages,
             _ = stopping.changed(), if !draining => continue,
             _ = tokio::time::sleep(DRAIN_QUIET), if draining => break,
         };
-        let Some(payloads) = payloads else {
-            tracing::error!(sink = %name, "bus closed; sink stops consuming");
+        let Some(messages) = messages else {
+            tracing::error!(consumer = %name, "bus closed; stops consuming");
             return;
         };
+        let payloads: Vec<Bytes> = messages
+            .into_iter()
+            .map(|(topic, payload)| to_record(topic, payload))
+            .collect();
         let mut retry = FIRST_RETRY;
         while let Err(error) = buffer.append(payloads.clone()).await {
             // Disk full or failing: the bus keeps the messages for a while.
-            tracing::error!(sink = %name, %error, "cannot append to the sink's buffer; retrying");
+            tracing::error!(consumer = %name, %error, "cannot append to the buffer; retrying");
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(MAX_RETRY);
         }
     }
-    tracing::debug!(sink = %name, "bus drained into the buffer");
+    tracing::debug!(consumer = %name, "bus drained into the buffer");
 }
 
 /// Buffer to batches, one batch ahead of the writer: the next batch is read
