@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
+use support::mqtt::tls_chain;
 use support::site::{RunningSite, free_port, http_get, manifest_header, plugins_dir, wait_for};
 
 const PREFIX: &str = "acme/plant1/";
@@ -23,6 +24,12 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// A site named plant1 with no device (its bus is fed by an outside
 /// client) forwarding `line/#` upstream: (site, MQTT port, HTTP port).
 fn start_site(dir: &Path, upstream_port: u16) -> (RunningSite, u16, u16) {
+    start_site_with(dir, &format!("mqtt://127.0.0.1:{upstream_port}"), "")
+}
+
+/// As [`start_site`], to `url`, with `extra` lines in `[uplink]`.
+fn start_site_with(dir: &Path, url: &str, extra: &str) -> (RunningSite, u16, u16) {
+    std::fs::create_dir_all(dir).unwrap();
     let (mqtt_port, http_port) = (free_port(), free_port());
     let header = manifest_header(&dir.join("data"), &plugins_dir(), mqtt_port).replacen(
         "[site]\n",
@@ -34,8 +41,8 @@ fn start_site(dir: &Path, upstream_port: u16) -> (RunningSite, u16, u16) {
         &manifest,
         format!(
             "{header}[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
-             [uplink]\nurl = \"mqtt://127.0.0.1:{upstream_port}\"\ntopics = [\"line/#\"]\n\
-             prefix = \"{PREFIX}\"\nkeep_alive = \"2s\"\n"
+             [uplink]\nurl = \"{url}\"\ntopics = [\"line/#\"]\n\
+             prefix = \"{PREFIX}\"\nkeep_alive = \"2s\"\n{extra}"
         ),
     )
     .unwrap();
@@ -330,4 +337,45 @@ async fn host_status_upstream_is_online_then_offline_at_a_clean_stop_and_after_k
         "retained after kill -9: {will:?}; mosquitto log:\n{}",
         mosquitto.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_forwards_over_tls_to_a_broker_it_trusts_and_only_to_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    tls_chain(&certs);
+    let tls_port = free_port();
+    // mosquitto with its plain listener (for the checker) and a TLS one.
+    let mosquitto = Mosquitto::start(
+        &dir.path().join("mosquitto"),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+            certs.join("cert.pem").display(),
+            certs.join("key.pem").display()
+        ),
+    );
+    let upstream = Upstream::connect(mosquitto.addr.port());
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let ca_file = format!("ca_file = \"{}\"\n", certs.join("ca.pem").display());
+    let (mut site, mqtt_port, _) = start_site_with(&dir.path().join("trusting"), &url, &ca_file);
+    site.wait_for_log("uplink connected").await;
+    let mut counter = Counter::connect(mqtt_port);
+    counter.publish_for(Duration::from_secs(1)).await;
+    let published = counter.next;
+    let upstream_topic = format!("{PREFIX}{COUNTER_TOPIC}");
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{published} messages upstream over TLS"),
+        &mut site,
+        async |_| (upstream.on(&upstream_topic).len() as u64 >= published).then_some(()),
+    )
+    .await;
+
+    // Without the test CA (the system's roots), the certificate is refused,
+    // and the log says why.
+    let (mut doubting, _, _) = start_site_with(&dir.path().join("doubting"), &url, "");
+    doubting.wait_for_log("uplink cannot connect").await;
+    let log = doubting.log();
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
 }
