@@ -6,7 +6,6 @@ mod support;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::mqtt::{
