@@ -10,7 +10,8 @@
 //! Batch sizes 1 to 1000 give the per-call overhead: a call's time at
 //! batch 1 minus the per-reading time at 1000.
 //!
-//! Run: `scripts/build-plugins && cargo bench -p omh-host --bench transforms`.
+//! Run: `scripts/build-plugins && cargo bench -p omh-host --bench transforms`
+//! (`OMH_BENCH_CASES=rename` runs the plugins whose name contains it).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -276,7 +277,12 @@ fn main() {
         "transform", "batch", "native rdg/s", "wasm rdg/s", "wasm %", "wasm us/call"
     );
     let mut overheads = Vec::new();
-    for case in cases() {
+    // OMH_BENCH_CASES=<substring of a plugin's name> runs only those cases.
+    let only = std::env::var("OMH_BENCH_CASES").unwrap_or_default();
+    for case in cases()
+        .into_iter()
+        .filter(|case| case.plugin.contains(&only))
+    {
         let wasm = runtime.block_on(measure_wasm(&engine, &linker, &case, &tags, &batches));
         for ((size, pair), wasm) in BATCH_SIZES.iter().zip(&batches).zip(&wasm) {
             let native = (case.native)(&case.settings, &tags, pair);
