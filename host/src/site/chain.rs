@@ -160,3 +160,52 @@ fn within(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::bindings::types::{Quality, Value};
+
+    fn reading(tag: &str) -> Reading {
+        Reading {
+            tag: tag.to_string(),
+            value: Value::Int(1),
+            quality: Quality::Good,
+            timestamp_ms: 0,
+        }
+    }
+
+    fn tagged(tag: u32) -> TaggedReading {
+        TaggedReading {
+            tag,
+            value: Value::Int(1),
+            quality: Quality::Good,
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn readings_are_indexed_by_the_group_table_in_any_order_and_strays_dropped() {
+        let tags = ["a", "b", "c"].map(String::from).to_vec();
+        let mut chain = TransformChain::new(Vec::new(), Arc::new(TagTables::new(tags, 0)));
+        let readings = ["a", "c", "b", "nowhere", "c"].map(reading).to_vec();
+        let indexes: Vec<u32> = chain
+            .index("d", "g", readings)
+            .iter()
+            .map(|reading| reading.tag)
+            .collect();
+        assert_eq!(indexes, [0, 2, 1, 2]);
+        assert!(chain.stray_tag_logged);
+    }
+
+    #[test]
+    fn a_step_output_must_index_its_table() {
+        let table = ["x", "y"].map(String::from);
+        assert!(within(vec![tagged(1), tagged(0)], Some(&table)).is_ok());
+        assert_eq!(
+            within(vec![tagged(0), tagged(2)], Some(&table)).unwrap_err(),
+            "returned tag index 2 outside its tag table of 2 tags"
+        );
+        assert!(within(Vec::new(), None).is_ok());
+    }
+}
