@@ -174,9 +174,9 @@ impl PluginRuntime {
     }
 
     /// Wraps a world-specific `link` (which turns a component into `start`:
-    /// instantiate + configure (+ bind) in a fresh store) into a supervised instance:
-    /// the store is built here, from the spec alone, so every world gets the
-    /// same sandbox.
+    /// instantiate + configure, and bind for a transform, in a fresh store)
+    /// into a supervised instance: the store is built here, from the spec
+    /// alone, so every world gets the same sandbox.
     fn supervised<B: Send + 'static, Start>(
         &self,
         spec: InstanceSpec,

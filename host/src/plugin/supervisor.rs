@@ -30,7 +30,8 @@ pub struct Live<B> {
     pub bindings: B,
 }
 
-/// Creates and configures a fresh instance (instantiate + `configure`).
+/// Creates and configures a fresh instance (instantiate + `configure`, and
+/// `bind` for a transform).
 pub type Factory<B> =
     Box<dyn Fn() -> BoxFuture<'static, Result<Live<B>, StartError>> + Send + Sync>;
 
