@@ -101,12 +101,12 @@ fn plugins_list_shows_world_and_version_and_rejects_other_wit_versions() {
             .to_string()
     };
     assert!(
-        line("modbus-tcp").contains("driver") && line("modbus-tcp").contains("0.1.0"),
+        line("modbus-tcp").contains("driver") && line("modbus-tcp").contains("0.2.0"),
         "{stdout}"
     );
     assert!(line("timescale").contains("sink"), "{stdout}");
     assert!(
-        stdout.contains("omh:plugin@0.9.0") && stdout.contains("omh:plugin@0.1.0"),
+        stdout.contains("omh:plugin@0.9.0") && stdout.contains("omh:plugin@0.2.0"),
         "rejection names both versions: {stdout}"
     );
 }
@@ -125,7 +125,7 @@ fn plugins_inspect_shows_world_imports_and_documented_settings() {
     let modbus = inspect(plugins_dir().join("modbus-tcp.wasm"));
     for expected in [
         "world     driver",
-        "omh:plugin/driver-api@0.1.0",
+        "omh:plugin/driver-api@0.2.0",
         "wasi:sockets/tcp",
         "timeout_ms",
     ] {

@@ -2,7 +2,9 @@
 //! its plugins directory. A file built for another WIT version, and one
 //! whose `configure` refuses the device's settings, are rejected and the
 //! running driver keeps publishing; a valid new build is swapped in, and
-//! the group's messages go on with no gap and no error.
+//! the group's messages go on with no gap and no error. A transform whose
+//! new version would emit other tags than its chain was built with is
+//! refused too.
 
 mod support;
 
@@ -125,5 +127,48 @@ async fn a_replaced_plugin_file_is_swapped_in_or_rejected_while_the_device_keeps
         longest <= 2 * INTERVAL.as_millis() as i64,
         "a gap of {longest} ms between group messages; log:\n{log}"
     );
+    site.assert_alive();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transform_version_emitting_other_tags_is_refused_and_the_old_one_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugins_with(dir.path(), &[plugins_dir().join("modbus-tcp.wasm")]);
+    // `flex` starts as rename, for which these settings rename
+    // `temperature` to `value`; expression reads the same settings as the
+    // formula `value` for `temperature`, so it would emit `temperature`.
+    let transform = plugins.join("flex.wasm");
+    std::fs::copy(plugins_dir().join("rename.wasm"), &transform).unwrap();
+    let chain = r#"transforms = ["t"]
+[transforms.t]
+plugin = "flex"
+settings = { tags = { temperature = "value" } }
+"#;
+    let mqtt_port = free_port();
+    let manifest_path = dir.path().join("site.toml");
+    let header = manifest_header(dir.path(), &plugins, mqtt_port);
+    std::fs::write(&manifest_path, header + &manifest(free_port()) + chain).unwrap();
+    let mut site = RunningSite::start(&manifest_path, &[], dir.path());
+    let mqtt = Collector::connect(mqtt_port, &[TOPIC]);
+    mqtt.wait_for_more(&mut site, TOPIC, 3).await;
+
+    replace(
+        &transform,
+        &std::fs::read(plugins_dir().join("expression.wasm")).unwrap(),
+    );
+    site.wait_for_log(
+        "plugin flex: rejected new file: devices.line.groups.g.transforms.t: \
+         bind returned other tags than the chain was built with (tag 0 is `temperature`, was `value`)",
+    )
+    .await;
+    mqtt.wait_for_more(&mut site, TOPIC, 3).await;
+
+    let log = site.log();
+    for message in mqtt.on(TOPIC) {
+        assert!(
+            message["values"]["value"].is_i64() && message["errors"] == serde_json::json!({}),
+            "message not renamed by the running version: {message}; log:\n{log}"
+        );
+    }
     site.assert_alive();
 }

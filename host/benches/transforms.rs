@@ -2,14 +2,16 @@
 //! the plugin's `.wasm` (target/plugins, the `plugin` profile that ships)
 //! in wasmtime, called as omh-host calls it (async export, epoch
 //! interruption with a yield per tick), vs the same crate compiled natively
-//! and called through the same `omh_sdk::Transform` trait. Both sides start
-//! from a borrowed batch and end with an owned one: the WASM side copies it
-//! into the guest and back, the native side clones it.
+//! and called through the same `omh_sdk::Transform` trait. Both sides are
+//! bound once to the workload's tag table, then start each call from a
+//! borrowed batch of tag indexes and end with an owned one: the WASM side
+//! copies it into the guest and back, the native side clones it.
 //!
 //! Batch sizes 1 to 1000 give the per-call overhead: a call's time at
 //! batch 1 minus the per-reading time at 1000.
 //!
-//! Run: `scripts/build-plugins && cargo bench -p omh-host --bench transforms`.
+//! Run: `scripts/build-plugins && cargo bench -p omh-host --bench transforms`
+//! (`OMH_BENCH_CASES=rename` runs the plugins whose name contains it).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -29,6 +31,7 @@ mod wasm {
     });
 }
 
+use wasm::exports::omh::plugin::transform_api::TaggedReading as WitReading;
 use wasm::omh::plugin::types as wit;
 
 const BATCH_SIZES: [usize; 4] = [1, 10, 100, 1000];
@@ -43,7 +46,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 struct Case {
     plugin: &'static str,
     settings: String,
-    native: fn(&str, &[Vec<omh_sdk::Reading>; 2]) -> f64,
+    native: fn(&str, &[String], &[Vec<omh_sdk::TaggedReading>; 2]) -> f64,
 }
 
 fn cases() -> Vec<Case> {
@@ -95,13 +98,18 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The tag table both sides are bound to: `t0`, `t1`, ...
+fn tag_table() -> Vec<String> {
+    (0..TAGS).map(|i| format!("t{i}")).collect()
+}
+
 /// Two batches of `size` readings that alternate: every odd tag moves by
 /// 1.0 between them, so a deadband of 0.5 passes half of each batch.
-fn batches(size: usize) -> [Vec<omh_sdk::Reading>; 2] {
+fn batches(size: usize) -> [Vec<omh_sdk::TaggedReading>; 2] {
     [0, 1].map(|phase| {
         (0..size)
-            .map(|i| omh_sdk::Reading {
-                tag: format!("t{}", i % TAGS),
+            .map(|i| omh_sdk::TaggedReading {
+                tag: (i % TAGS) as u32,
                 value: omh_sdk::Value::Int((200 + i % 100 + (i % 2) * phase) as i64),
                 quality: omh_sdk::Quality::Good,
                 timestamp_ms: 1_700_000_000_000 + i as i64,
@@ -121,8 +129,13 @@ fn rate(size: usize, mut call: impl FnMut(usize)) -> f64 {
     (calls * size) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn measure_native<T: Transform>(settings: &str, batches: &[Vec<omh_sdk::Reading>; 2]) -> f64 {
+fn measure_native<T: Transform>(
+    settings: &str,
+    tags: &[String],
+    batches: &[Vec<omh_sdk::TaggedReading>; 2],
+) -> f64 {
     let mut transform = T::configure(settings).expect("settings are valid");
+    transform.bind(tags).expect("the tags bind");
     rate(batches[0].len(), |phase| {
         black_box(transform.process(batches[phase].clone()).unwrap());
     })
@@ -161,11 +174,11 @@ impl wasm::omh::plugin::clock::Host for Sandbox {
 
 impl wit::Host for Sandbox {}
 
-fn to_wit(batch: &[omh_sdk::Reading]) -> Vec<wit::Reading> {
+fn to_wit(batch: &[omh_sdk::TaggedReading]) -> Vec<WitReading> {
     batch
         .iter()
-        .map(|reading| wit::Reading {
-            tag: reading.tag.clone(),
+        .map(|reading| WitReading {
+            tag: reading.tag,
             value: match &reading.value {
                 omh_sdk::Value::Int(i) => wit::Value::Int(*i),
                 other => panic!("the workload has integers only, not {other:?}"),
@@ -176,13 +189,14 @@ fn to_wit(batch: &[omh_sdk::Reading]) -> Vec<wit::Reading> {
         .collect()
 }
 
-/// Loads the plugin, configures a fresh instance per batch size and
-/// measures it; readings/s per batch size.
+/// Loads the plugin, configures and binds a fresh instance per batch size
+/// and measures it; readings/s per batch size.
 async fn measure_wasm(
     engine: &Engine,
     linker: &Linker<Sandbox>,
     case: &Case,
-    batches: &[[Vec<omh_sdk::Reading>; 2]],
+    tags: &[String],
+    batches: &[[Vec<omh_sdk::TaggedReading>; 2]],
 ) -> Vec<f64> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins")
@@ -205,6 +219,10 @@ async fn measure_wasm(
             .await
             .unwrap()
             .expect("settings are valid");
+        api.call_bind(&mut store, tags)
+            .await
+            .unwrap()
+            .expect("the tags bind");
         let wit_pair = [to_wit(&pair[0]), to_wit(&pair[1])];
         let size = pair[0].len();
         let started = Instant::now();
@@ -248,6 +266,7 @@ fn main() {
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     wasm::Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox).unwrap();
+    let tags = tag_table();
     let batches: Vec<_> = BATCH_SIZES.iter().map(|&size| batches(size)).collect();
 
     println!(
@@ -258,10 +277,15 @@ fn main() {
         "transform", "batch", "native rdg/s", "wasm rdg/s", "wasm %", "wasm us/call"
     );
     let mut overheads = Vec::new();
-    for case in cases() {
-        let wasm = runtime.block_on(measure_wasm(&engine, &linker, &case, &batches));
+    // OMH_BENCH_CASES=<substring of a plugin's name> runs only those cases.
+    let only = std::env::var("OMH_BENCH_CASES").unwrap_or_default();
+    for case in cases()
+        .into_iter()
+        .filter(|case| case.plugin.contains(&only))
+    {
+        let wasm = runtime.block_on(measure_wasm(&engine, &linker, &case, &tags, &batches));
         for ((size, pair), wasm) in BATCH_SIZES.iter().zip(&batches).zip(&wasm) {
-            let native = (case.native)(&case.settings, pair);
+            let native = (case.native)(&case.settings, &tags, pair);
             println!(
                 "{:<11} {size:>6} {native:>15.0} {wasm:>15.0} {:>6.0}% {:>13.2}",
                 case.plugin,

@@ -73,6 +73,8 @@ mod transform;
 
 #[cfg(feature = "driver")]
 pub use bindings::exports::omh::plugin::driver_api::{Group, Tag};
+#[cfg(feature = "transform")]
+pub use bindings::exports::omh::plugin::transform_api::TaggedReading;
 pub use bindings::omh::plugin::logging::Level;
 #[cfg(feature = "sink")]
 pub use bindings::omh::plugin::sql::SqlValue;
@@ -87,7 +89,7 @@ pub use settings::settings;
 #[cfg(feature = "sink")]
 pub use sink::Sink;
 #[cfg(feature = "transform")]
-pub use transform::Transform;
+pub use transform::{Transform, by_tag_index};
 
 /// Adapter types the export macros name; not part of the API.
 #[doc(hidden)]

@@ -9,7 +9,7 @@ use wasmparser::{Parser, Payload};
 
 pub const WIT_PACKAGE: &str = "omh:plugin";
 /// Must match `package omh:plugin@...` in `wit/omh-plugin.wit` (a test checks).
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum World {
@@ -204,6 +204,8 @@ mod tests {
         assert!(compatible("0.1.0", "0.1.3"));
         assert!(compatible("0.1.7", "0.1.0"));
         assert!(!compatible("0.9.0", "0.1.0"));
+        // 0.2 changed the transform world: 0.1 plugins do not link.
+        assert!(!compatible("0.1.0", "0.2.0"));
         assert!(compatible("1.2.0", "1.0.0"));
         assert!(!compatible("2.0.0", "1.0.0"));
         assert!(!compatible("banana", "0.1.0"));

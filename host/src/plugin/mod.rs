@@ -9,5 +9,6 @@ pub mod reload;
 pub mod runtime;
 pub mod state;
 pub mod supervisor;
+pub mod tag_tables;
 pub mod versions;
 mod watch;

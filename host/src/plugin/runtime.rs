@@ -8,6 +8,7 @@ use super::catalog::World;
 use super::engine::{CodeSource, PluginEngine};
 use super::state::{Grants, PluginState};
 use super::supervisor::{Blueprint, Factory, Live, StartError, Supervised, describe};
+use super::tag_tables::TagTables;
 use super::versions::Version;
 use crate::manifest::ResolvedLimits;
 use crate::status::StatusBoard;
@@ -22,6 +23,7 @@ pub use driver::Driver;
 pub use driver::exports::omh::plugin::driver_api::{Group, Tag};
 pub use sink::Sink;
 pub use transform::Transform;
+pub use transform::exports::omh::plugin::transform_api::TaggedReading;
 
 pub struct PluginRuntime {
     engine: PluginEngine,
@@ -96,7 +98,8 @@ impl PluginRuntime {
                 let started: BoxFuture<'static, _> = Box::pin(async move {
                     let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
                     let api = bindings.omh_plugin_driver_api();
-                    configured(
+                    called(
+                        "configure",
                         api.call_configure(&mut store, &endpoint, &settings, &groups)
                             .await,
                     )?;
@@ -108,21 +111,37 @@ impl PluginRuntime {
         self.supervised(spec, versions, link, status)
     }
 
+    /// Step `step` of a transform chain whose tag tables are `tables`: each
+    /// instance is bound (after `configure`) to the step's input table, and
+    /// must return the output table the chain was built with.
     pub fn transform(
         &self,
         versions: watch::Receiver<Version>,
         spec: InstanceSpec,
+        tables: Arc<TagTables>,
+        step: usize,
         status: StatusBoard,
     ) -> anyhow::Result<Supervised<Transform>> {
         let linker = self.transform_linker.clone();
         let link = move |component: &Component| {
             let pre = transform::TransformPre::new(linker.instantiate_pre(component)?)?;
+            let tables = tables.clone();
             anyhow::Ok(move |mut store: Store<PluginState>, settings: Arc<str>| {
-                let pre = pre.clone();
+                let (pre, tables) = (pre.clone(), tables.clone());
                 let started: BoxFuture<'static, _> = Box::pin(async move {
                     let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
                     let api = bindings.omh_plugin_transform_api();
-                    configured(api.call_configure(&mut store, &settings).await)?;
+                    called("configure", api.call_configure(&mut store, &settings).await)?;
+                    // The chain runs its steps in order, so the previous
+                    // one has bound (and fixed this input) before this one
+                    // is first called.
+                    let input = tables.get(step).ok_or_else(|| {
+                        StartError::Crashed(format!(
+                            "step {step} of the chain started before the step before it bound"
+                        ))
+                    })?;
+                    let output = called("bind", api.call_bind(&mut store, input).await)?;
+                    tables.settle_output(step, output)?;
                     Ok(Live { store, bindings })
                 });
                 started
@@ -145,7 +164,7 @@ impl PluginRuntime {
                 let started: BoxFuture<'static, _> = Box::pin(async move {
                     let bindings = pre.instantiate_async(&mut store).await.map_err(crashed)?;
                     let api = bindings.omh_plugin_sink_api();
-                    configured(api.call_configure(&mut store, &settings).await)?;
+                    called("configure", api.call_configure(&mut store, &settings).await)?;
                     Ok(Live { store, bindings })
                 });
                 started
@@ -155,9 +174,9 @@ impl PluginRuntime {
     }
 
     /// Wraps a world-specific `link` (which turns a component into `start`:
-    /// instantiate + configure in a fresh store) into a supervised instance:
-    /// the store is built here, from the spec alone, so every world gets the
-    /// same sandbox.
+    /// instantiate + configure, and bind for a transform, in a fresh store)
+    /// into a supervised instance: the store is built here, from the spec
+    /// alone, so every world gets the same sandbox.
     fn supervised<B: Send + 'static, Start>(
         &self,
         spec: InstanceSpec,
@@ -224,9 +243,16 @@ fn crashed(error: wasmtime::Error) -> StartError {
     )
 }
 
-fn configured(outcome: wasmtime::Result<Result<(), PluginError>>) -> Result<(), StartError> {
+/// The outcome of `call`, one of the calls that start an instance.
+fn called<T>(
+    call: &'static str,
+    outcome: wasmtime::Result<Result<T, PluginError>>,
+) -> Result<T, StartError> {
     outcome.map_err(crashed)?.map_err(|error| match error {
         PluginError::InvalidConfig(_) => StartError::InvalidConfig(describe(&error)),
-        _ => StartError::Configure(describe(&error)),
+        _ => StartError::Configure {
+            call,
+            reason: describe(&error),
+        },
     })
 }

@@ -30,7 +30,8 @@ pub struct Live<B> {
     pub bindings: B,
 }
 
-/// Creates and configures a fresh instance (instantiate + `configure`).
+/// Creates and configures a fresh instance (instantiate + `configure`, and
+/// `bind` for a transform).
 pub type Factory<B> =
     Box<dyn Fn() -> BoxFuture<'static, Result<Live<B>, StartError>> + Send + Sync>;
 
@@ -43,11 +44,16 @@ pub enum StartError {
     /// Instantiation trapped or failed (a bug in the plugin, or limits).
     #[error("{0}")]
     Crashed(String),
-    /// `configure` failed for a reason that may pass (device unreachable).
-    #[error("configure failed: {0}")]
-    Configure(String),
-    /// `configure` said the settings or tags are invalid: only a manifest
-    /// change helps, so the instance is not restarted.
+    /// `configure` (or a transform's `bind`) failed for a reason that may
+    /// pass (device unreachable).
+    #[error("{call} failed: {reason}")]
+    Configure { call: &'static str, reason: String },
+    /// A transform's `bind` returned another output table than the one its
+    /// chain was built with (see `TagTables`).
+    #[error("{0}")]
+    TagTableChanged(String),
+    /// `configure` (or `bind`) said the settings or tags are invalid: only
+    /// a manifest change helps, so the instance is not restarted.
     #[error("{0}")]
     InvalidConfig(String),
 }
@@ -141,8 +147,7 @@ impl<B: Send> Supervised<B> {
             &'a mut Store<PluginState>,
         ) -> BoxFuture<'a, wasmtime::Result<Result<T, PluginError>>>,
     ) -> Result<T, CallError> {
-        self.follow_new_version().await;
-        self.ensure_live().await?;
+        self.start().await?;
         let (live, _) = self.live.as_mut().expect("ensure_live leaves an instance");
         let outcome =
             tokio::time::timeout(self.call_timeout, call(&live.bindings, &mut live.store)).await;
@@ -163,6 +168,13 @@ impl<B: Send> Supervised<B> {
                 )))
             }
         }
+    }
+
+    /// Makes sure an instance of the current version is live, starting one
+    /// if needed, as a call would.
+    pub async fn start(&mut self) -> Result<(), CallError> {
+        self.follow_new_version().await;
+        self.ensure_live().await
     }
 
     /// Switches to a newly published version of the plugin, if any, and

@@ -2,13 +2,14 @@
 //! their transform chains. The host owns the schedule: each group is read
 //! once per interval and published as one Neuron-shaped message.
 
+use super::chain::TransformChain;
 use super::writes::{Responder, WriteError, WriteRequest, to_plugin_value};
 use crate::bus::uns::GroupUns;
 use crate::bus::{Publisher, neuron};
 use crate::manifest::TopicTemplate;
 use crate::plugin::bindings::types::Error as PluginError;
 use crate::plugin::bindings::types::{GroupData, Message, TagError};
-use crate::plugin::runtime::{Driver, Transform};
+use crate::plugin::runtime::Driver;
 use crate::plugin::state::unix_millis;
 use crate::plugin::supervisor::{CallError, Supervised, describe};
 use crate::status::StatusBoard;
@@ -21,8 +22,6 @@ use tokio::time::Instant;
 /// Code in a message's `errors` when the whole group could not be read
 /// (driver down or restarting); per-tag codes come from the driver.
 const GROUP_UNAVAILABLE_CODE: i32 = -2;
-/// Code for readings a failed transform could not produce.
-const TRANSFORM_FAILED_CODE: i32 = -3;
 
 pub struct GroupSchedule {
     pub name: String,
@@ -33,7 +32,8 @@ pub struct GroupSchedule {
     pub topic: String,
     /// Per-tag topics of the unified namespace, when `[broker.uns]` is on.
     pub uns: Option<GroupUns>,
-    pub transforms: Vec<(String, Supervised<Transform>)>,
+    /// `None` for a group without transforms.
+    pub chain: Option<TransformChain>,
 }
 
 pub struct DeviceTask {
@@ -54,7 +54,7 @@ impl GroupSchedule {
         tags: Vec<(String, bool)>,
         topic: &TopicTemplate,
         uns: Option<GroupUns>,
-        transforms: Vec<(String, Supervised<Transform>)>,
+        chain: Option<TransformChain>,
     ) -> Self {
         Self {
             name: name.to_string(),
@@ -67,13 +67,20 @@ impl GroupSchedule {
             tags: tags.into_iter().map(|(t, _)| t).collect(),
             topic: topic.render(device, name),
             uns,
-            transforms,
+            chain,
         }
     }
 }
 
 impl DeviceTask {
     pub async fn run(mut self) {
+        for chain in self
+            .groups
+            .iter_mut()
+            .filter_map(|group| group.chain.as_mut())
+        {
+            chain.bind().await;
+        }
         let start = Instant::now();
         let mut due: Vec<Instant> = vec![start; self.groups.len()];
         // Unknown until the first poll, which publishes the device's status.
@@ -201,7 +208,10 @@ impl DeviceTask {
             self.status.device(&self.name, failure.as_deref());
             *readable = Some(failure.is_none());
         }
-        let data = apply_transforms(&self.name, group, data).await;
+        let data = match &mut group.chain {
+            Some(chain) => chain.apply(&self.name, &group.name, data).await,
+            None => data,
+        };
         Message {
             node: self.name.to_string(),
             group: group.name.clone(),
@@ -210,41 +220,6 @@ impl DeviceTask {
             errors: data.errors,
         }
     }
-}
-
-/// Runs the group's readings through its chain, in order, as one batch per
-/// step. A failed step turns its input into errors: publishing unscaled
-/// values as if scaled would be worse than a gap.
-async fn apply_transforms(device: &str, group: &mut GroupSchedule, data: GroupData) -> GroupData {
-    let GroupData {
-        mut readings,
-        mut errors,
-    } = data;
-    for (name, transform) in &mut group.transforms {
-        if readings.is_empty() {
-            break;
-        }
-        let batch = Arc::new(std::mem::take(&mut readings));
-        let input = batch.clone();
-        let result = transform
-            .call(move |t, store| {
-                Box::pin(async move {
-                    t.omh_plugin_transform_api()
-                        .call_process(store, &input)
-                        .await
-                })
-            })
-            .await;
-        match result {
-            Ok(output) => readings = output,
-            Err(error) => {
-                tracing::warn!(device, group = %group.name, transform = %name, %error, "transform failed");
-                let tags: Vec<String> = batch.iter().map(|r| r.tag.clone()).collect();
-                errors.extend(all_failed(&tags, TRANSFORM_FAILED_CODE, &error.to_string()).errors);
-            }
-        }
-    }
-    GroupData { readings, errors }
 }
 
 /// Why a poll counts as the device not answering: nothing was read and

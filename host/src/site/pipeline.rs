@@ -3,6 +3,7 @@
 //! plugins, the broker and its listener, the HTTP server) is [`Site`] and
 //! outlives reloads.
 
+use super::chain::TransformChain;
 use super::device::{DeviceTask, GroupSchedule};
 use super::sink::{self, SinkMetrics, SinkTask};
 use super::writes::{Responder, WriteQueues};
@@ -12,6 +13,7 @@ use crate::bus::{LinkPool, Publisher};
 use crate::manifest::{BACKUP_ENDPOINT_SETTING, LoadedManifest, ResolvedLimits, SinkSection};
 use crate::plugin::runtime::{Group, InstanceSpec, PluginRuntime, Tag};
 use crate::plugin::state::Grants;
+use crate::plugin::tag_tables::TagTables;
 use crate::plugin::versions::PluginVersions;
 use crate::status::StatusBoard;
 use crate::storage::{Storage, StorageUrl};
@@ -121,25 +123,34 @@ impl Site {
             )?;
             let mut schedules = Vec::new();
             for (group_name, group) in &section.groups {
-                let mut chain = Vec::new();
-                for transform_name in &group.transforms {
-                    let t = &manifest.transforms[transform_name];
-                    let spec = InstanceSpec {
-                        name: format!(
-                            "devices.{name}.groups.{group_name}.transforms.{transform_name}"
-                        )
-                        .into(),
-                        limits: t.limits.resolve(defaults),
-                        grants: Grants::default(),
-                        settings: to_json(&t.settings),
-                    };
-                    let instance = self.runtime.transform(
-                        plugins.follow(&t.plugin),
-                        spec,
-                        self.status.clone(),
-                    )?;
-                    chain.push((transform_name.clone(), instance));
-                }
+                let chain = if group.transforms.is_empty() {
+                    None
+                } else {
+                    let tags = group.tags.iter().map(|t| t.name.clone()).collect();
+                    let tables = Arc::new(TagTables::new(tags, group.transforms.len()));
+                    let mut steps = Vec::new();
+                    for (step, transform_name) in group.transforms.iter().enumerate() {
+                        let t = &manifest.transforms[transform_name];
+                        let spec = InstanceSpec {
+                            name: format!(
+                                "devices.{name}.groups.{group_name}.transforms.{transform_name}"
+                            )
+                            .into(),
+                            limits: t.limits.resolve(defaults),
+                            grants: Grants::default(),
+                            settings: to_json(&t.settings),
+                        };
+                        let instance = self.runtime.transform(
+                            plugins.follow(&t.plugin),
+                            spec,
+                            tables.clone(),
+                            step,
+                            self.status.clone(),
+                        )?;
+                        steps.push((transform_name.clone(), instance));
+                    }
+                    Some(TransformChain::new(steps, tables))
+                };
                 let retain = manifest.broker.uns.as_ref().is_none_or(|uns| uns.retain);
                 let uns = loaded
                     .uns_topics(name, group_name)

@@ -11,7 +11,7 @@ pub struct BandSettings {
     percent: Option<f64>,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Band {
     /// Reported when `|new - last| > width`; 0 means any change.
     Absolute(f64),

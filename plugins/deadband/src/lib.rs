@@ -16,7 +16,7 @@ mod band;
 
 use std::collections::HashMap;
 
-use omh_sdk::{Error, Quality, Reading, Transform, Value};
+use omh_sdk::{Error, Quality, TaggedReading, Transform, Value};
 use serde::Deserialize;
 
 use crate::band::{Band, BandSettings};
@@ -34,7 +34,13 @@ pub struct Deadband {
     tags: HashMap<String, Band>,
     default: Option<Band>,
     heartbeat_ms: Option<i64>,
-    last_reported: HashMap<String, Reported>,
+    /// Per bound tag, by tag index: its band, and what was last reported.
+    bound: Vec<TagState>,
+}
+
+struct TagState {
+    band: Option<Band>,
+    last_reported: Option<Reported>,
 }
 
 /// What was last let through for a tag.
@@ -83,11 +89,22 @@ impl Transform for Deadband {
             tags,
             default,
             heartbeat_ms,
-            last_reported: HashMap::new(),
+            bound: Vec::new(),
         })
     }
 
-    fn process(&mut self, mut batch: Vec<Reading>) -> Result<Vec<Reading>, Error> {
+    fn bind(&mut self, tags: &[String]) -> Result<Vec<String>, Error> {
+        self.bound = omh_sdk::by_tag_index(tags, &self.tags)
+            .into_iter()
+            .map(|band| TagState {
+                band: band.or(self.default),
+                last_reported: None,
+            })
+            .collect();
+        Ok(tags.to_vec())
+    }
+
+    fn process(&mut self, mut batch: Vec<TaggedReading>) -> Result<Vec<TaggedReading>, Error> {
         batch.retain(|reading| self.report(reading));
         Ok(batch)
     }
@@ -95,11 +112,12 @@ impl Transform for Deadband {
 
 impl Deadband {
     /// Whether `reading` is passed on; remembers it when it is.
-    fn report(&mut self, reading: &Reading) -> bool {
-        let Some(band) = self.tags.get(&reading.tag).or(self.default.as_ref()) else {
+    fn report(&mut self, reading: &TaggedReading) -> bool {
+        let state = &mut self.bound[reading.tag as usize];
+        let Some(band) = &state.band else {
             return true;
         };
-        let changed = match self.last_reported.get(&reading.tag) {
+        let changed = match &state.last_reported {
             None => true,
             Some(last) => {
                 reading.quality == Quality::Bad
@@ -111,17 +129,11 @@ impl Deadband {
             }
         };
         if changed {
-            let reported = Reported {
+            state.last_reported = Some(Reported {
                 value: reading.value.clone(),
                 quality: reading.quality,
                 timestamp_ms: reading.timestamp_ms,
-            };
-            match self.last_reported.get_mut(&reading.tag) {
-                Some(last) => *last = reported,
-                None => {
-                    self.last_reported.insert(reading.tag.clone(), reported);
-                }
-            }
+            });
         }
         changed
     }
@@ -134,26 +146,27 @@ omh_sdk::export_transform!(Deadband);
 mod tests {
     use super::*;
 
-    fn reading(tag: &str, value: Value, quality: Quality, timestamp_ms: i64) -> Reading {
-        Reading {
-            tag: tag.into(),
-            value,
-            quality,
-            timestamp_ms,
-        }
-    }
-
-    /// Feeds one reading per batch; returns the values that passed.
+    /// Binds the tags the inputs name, feeds one reading per batch and
+    /// returns the values that passed.
     fn passed(settings: &str, inputs: &[(&str, Value, Quality, i64)]) -> Vec<(String, Value)> {
         let mut deadband = Deadband::configure(settings).unwrap();
+        let mut tags: Vec<String> = inputs.iter().map(|(tag, ..)| tag.to_string()).collect();
+        tags.sort();
+        tags.dedup();
+        assert_eq!(deadband.bind(&tags).unwrap(), tags);
+        let index = |tag: &str| tags.iter().position(|t| t == tag).unwrap() as u32;
         inputs
             .iter()
-            .flat_map(|(tag, value, quality, at)| {
-                deadband
-                    .process(vec![reading(tag, value.clone(), *quality, *at)])
-                    .unwrap()
+            .flat_map(|(tag, value, quality, timestamp_ms)| {
+                let reading = TaggedReading {
+                    tag: index(tag),
+                    value: value.clone(),
+                    quality: *quality,
+                    timestamp_ms: *timestamp_ms,
+                };
+                deadband.process(vec![reading]).unwrap()
             })
-            .map(|r| (r.tag, r.value))
+            .map(|r| (tags[r.tag as usize].clone(), r.value))
             .collect()
     }
 

@@ -10,6 +10,11 @@
 //! not a finite number (division by zero). A rewritten tag that is bad keeps
 //! its original value; a computed tag with an input missing from the batch
 //! is left out (the missing tag's own error explains the gap).
+//!
+//! At `bind`, names resolve to tag indexes: computed tags are appended to
+//! the tag table, except those reading a tag the table lacks (they could
+//! never be computed; the same settings may serve several groups), and a
+//! computed tag named like an incoming tag is refused.
 
 mod formula;
 mod lexer;
@@ -18,7 +23,7 @@ mod parser;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use omh_sdk::{Error, Quality, Reading, Transform, Value};
+use omh_sdk::{Error, Quality, TaggedReading, Transform, Value};
 use serde::Deserialize;
 
 use crate::formula::Formula;
@@ -53,22 +58,40 @@ struct Settings {
     computed: BTreeMap<String, String>,
 }
 
-/// Where an expression's input comes from.
+/// Where an expression's input comes from, by name.
 enum Input {
     Own,
     Tag(String),
 }
 
+/// Where an expression's input comes from once the tag table is bound.
+#[derive(Clone, Copy)]
+enum Source {
+    Own,
+    /// Index into [`Expression::positions`].
+    Slot(usize),
+    /// A tag the bound table does not have: never in a batch.
+    Absent,
+}
+
 struct Compiled {
     formula: Formula,
     inputs: Vec<Input>,
+    /// `inputs` resolved at `bind`.
+    sources: Vec<Source>,
 }
 
 pub struct Expression {
-    tags: HashMap<String, Compiled>,
+    tags: Vec<(String, Compiled)>,
     computed: Vec<(String, Compiled)>,
-    /// Whether any expression reads another tag (else no batch index).
-    reads_tags: bool,
+    /// By input tag index: the entry of `tags` rewriting it.
+    rewrite: Vec<Option<usize>>,
+    /// By input tag index: the slot of a tag some expression reads.
+    slot: Vec<Option<usize>>,
+    /// Per slot: where its tag is in the batch being processed.
+    positions: Vec<Option<usize>>,
+    /// The computed tags emitted: (output tag index, entry of `computed`).
+    emitted: Vec<(u32, usize)>,
     /// Input values of the expression being evaluated, reused per batch.
     scratch: Vec<f64>,
 }
@@ -111,9 +134,13 @@ impl Transform for Expression {
                     _ => Ok(Input::Tag(name.clone())),
                 })
                 .collect::<Result<_, Error>>()?;
-            Ok(Compiled { formula, inputs })
+            Ok(Compiled {
+                formula,
+                inputs,
+                sources: Vec::new(),
+            })
         };
-        let tags: HashMap<String, Compiled> = settings
+        let tags: Vec<(String, Compiled)> = settings
             .tags
             .iter()
             .map(|(tag, text)| Ok((tag.clone(), compile(&format!("tags.{tag}"), text, true)?)))
@@ -128,59 +155,93 @@ impl Transform for Expression {
                 ))
             })
             .collect::<Result<_, Error>>()?;
-        let reads_tags = tags
-            .values()
-            .chain(computed.iter().map(|(_, compiled)| compiled))
-            .any(|compiled| {
-                compiled
-                    .inputs
-                    .iter()
-                    .any(|input| matches!(input, Input::Tag(_)))
-            });
         Ok(Self {
             tags,
             computed,
-            reads_tags,
+            rewrite: Vec::new(),
+            slot: Vec::new(),
+            positions: Vec::new(),
+            emitted: Vec::new(),
             scratch: Vec::new(),
         })
     }
 
-    fn process(&mut self, mut batch: Vec<Reading>) -> Result<Vec<Reading>, Error> {
-        let index: HashMap<&str, usize> = if self.reads_tags {
-            batch
+    fn bind(&mut self, tags: &[String]) -> Result<Vec<String>, Error> {
+        let index: HashMap<&str, usize> = tags
+            .iter()
+            .enumerate()
+            .map(|(at, tag)| (tag.as_str(), at))
+            .collect();
+        if let Some((name, _)) = self
+            .computed
+            .iter()
+            .find(|(name, _)| index.contains_key(name.as_str()))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "invalid setting `computed.{name}`: `{name}` is already a tag of this group"
+            )));
+        }
+        self.rewrite = vec![None; tags.len()];
+        self.slot = vec![None; tags.len()];
+        let mut slots = 0;
+        for (entry, (name, compiled)) in self.tags.iter_mut().enumerate() {
+            if let Some(&at) = index.get(name.as_str()) {
+                self.rewrite[at] = Some(entry);
+            }
+            compiled.bind(&index, &mut self.slot, &mut slots);
+        }
+        let mut output = tags.to_vec();
+        self.emitted.clear();
+        for (entry, (name, compiled)) in self.computed.iter_mut().enumerate() {
+            compiled.bind(&index, &mut self.slot, &mut slots);
+            if compiled
+                .sources
                 .iter()
-                .enumerate()
-                .map(|(at, r)| (r.tag.as_str(), at))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        let scratch = &mut self.scratch;
+                .all(|source| !matches!(source, Source::Absent))
+            {
+                self.emitted.push((output.len() as u32, entry));
+                output.push(name.clone());
+            }
+        }
+        self.positions = vec![None; slots];
+        Ok(output)
+    }
+
+    fn process(&mut self, mut batch: Vec<TaggedReading>) -> Result<Vec<TaggedReading>, Error> {
+        if !self.positions.is_empty() {
+            self.positions.fill(None);
+            for (at, reading) in batch.iter().enumerate() {
+                if let Some(slot) = self.slot[reading.tag as usize] {
+                    self.positions[slot] = Some(at);
+                }
+            }
+        }
+        let (positions, scratch) = (&self.positions, &mut self.scratch);
         let rewritten: Vec<(usize, Option<Outcome>)> = batch
             .iter()
             .enumerate()
             .filter_map(|(at, reading)| {
-                let compiled = self.tags.get(&reading.tag)?;
+                let (_, compiled) = &self.tags[self.rewrite[reading.tag as usize]?];
                 Some((
                     at,
-                    compiled.evaluate(Some(reading), &batch, &index, scratch),
+                    compiled.evaluate(Some(reading), &batch, positions, scratch),
                 ))
             })
             .collect();
-        let computed: Vec<Reading> = self
-            .computed
+        let computed: Vec<TaggedReading> = self
+            .emitted
             .iter()
-            .filter_map(|(tag, compiled)| {
-                let outcome = compiled.evaluate(None, &batch, &index, scratch)?;
-                Some(Reading {
-                    tag: tag.clone(),
+            .filter_map(|&(tag, entry)| {
+                let (_, compiled) = &self.computed[entry];
+                let outcome = compiled.evaluate(None, &batch, positions, scratch)?;
+                Some(TaggedReading {
+                    tag,
                     value: Value::Float(outcome.value),
                     quality: outcome.quality,
                     timestamp_ms: outcome.timestamp_ms,
                 })
             })
             .collect();
-        drop(index);
         for (at, outcome) in rewritten {
             let reading = &mut batch[at];
             match outcome {
@@ -205,21 +266,48 @@ struct Outcome {
 }
 
 impl Compiled {
-    /// `None` when an input tag is not in the batch.
+    /// Resolves the inputs against the tag table (`index`: name to tag
+    /// index), giving each tag read a slot (`slot`, by tag index; `slots`
+    /// counts them).
+    fn bind(
+        &mut self,
+        index: &HashMap<&str, usize>,
+        slot: &mut [Option<usize>],
+        slots: &mut usize,
+    ) {
+        self.sources = self
+            .inputs
+            .iter()
+            .map(|input| match input {
+                Input::Own => Source::Own,
+                Input::Tag(name) => match index.get(name.as_str()) {
+                    Some(&at) => Source::Slot(*slot[at].get_or_insert_with(|| {
+                        *slots += 1;
+                        *slots - 1
+                    })),
+                    None => Source::Absent,
+                },
+            })
+            .collect();
+    }
+
+    /// `None` when an input tag is not in the batch (`positions`: where
+    /// each slot's tag is in `batch`).
     fn evaluate(
         &self,
-        own: Option<&Reading>,
-        batch: &[Reading],
-        index: &HashMap<&str, usize>,
+        own: Option<&TaggedReading>,
+        batch: &[TaggedReading],
+        positions: &[Option<usize>],
         scratch: &mut Vec<f64>,
     ) -> Option<Outcome> {
         scratch.clear();
         let mut quality = Quality::Good;
         let mut timestamp_ms = own.map_or(i64::MIN, |own| own.timestamp_ms);
-        for input in &self.inputs {
-            let reading = match input {
-                Input::Own => own.expect("only `tags` expressions read their own value"),
-                Input::Tag(tag) => &batch[*index.get(tag.as_str())?],
+        for source in &self.sources {
+            let reading = match *source {
+                Source::Own => own.expect("only `tags` expressions read their own value"),
+                Source::Slot(slot) => &batch[positions[slot]?],
+                Source::Absent => return None,
             };
             let number = match reading.value {
                 Value::Int(i) => i as f64,

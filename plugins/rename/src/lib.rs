@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use omh_sdk::{Error, Reading, Transform};
+use omh_sdk::{Error, TaggedReading, Transform};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -34,6 +34,9 @@ pub struct Rename {
     tags: HashMap<String, String>,
     prefix: String,
     unmapped: Unmapped,
+    /// For each bound input tag, by index: its index in the output table,
+    /// or `None` when it is dropped.
+    output_index: Vec<Option<u32>>,
 }
 
 impl Transform for Rename {
@@ -71,20 +74,43 @@ impl Transform for Rename {
             tags,
             prefix: settings.prefix,
             unmapped: settings.unmapped,
+            output_index: Vec::new(),
         })
     }
 
-    fn process(&mut self, mut batch: Vec<Reading>) -> Result<Vec<Reading>, Error> {
-        batch.retain_mut(|reading| match self.tags.get(&reading.tag) {
-            Some(name) => {
-                reading.tag.clone_from(name);
+    fn bind(&mut self, tags: &[String]) -> Result<Vec<String>, Error> {
+        let mut output: Vec<String> = Vec::new();
+        // Outgoing name -> the input tag it comes from, to refuse two
+        // tags published under one name (a rename onto a kept tag).
+        let mut sources: HashMap<String, &str> = HashMap::new();
+        self.output_index = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let name = match self.tags.get(tag) {
+                Some(name) => name.clone(),
+                None if self.unmapped == Unmapped::Drop => {
+                    self.output_index.push(None);
+                    continue;
+                }
+                None => format!("{}{tag}", self.prefix),
+            };
+            if let Some(other) = sources.insert(name.clone(), tag) {
+                return Err(Error::InvalidConfig(format!(
+                    "invalid setting `tags`: `{other}` and `{tag}` would both be published as `{name}`"
+                )));
+            }
+            self.output_index.push(Some(output.len() as u32));
+            output.push(name);
+        }
+        Ok(output)
+    }
+
+    fn process(&mut self, mut batch: Vec<TaggedReading>) -> Result<Vec<TaggedReading>, Error> {
+        batch.retain_mut(|reading| match self.output_index[reading.tag as usize] {
+            Some(index) => {
+                reading.tag = index;
                 true
             }
-            None if self.unmapped == Unmapped::Drop => false,
-            None => {
-                reading.tag.insert_str(0, &self.prefix);
-                true
-            }
+            None => false,
         });
         Ok(batch)
     }
@@ -99,22 +125,24 @@ mod tests {
 
     use super::*;
 
+    /// The names a batch of `tags` goes out with, by the output table.
     fn names(settings: &str, tags: &[&str]) -> Vec<String> {
-        let batch = tags
-            .iter()
-            .map(|tag| Reading {
-                tag: tag.to_string(),
+        let tags: Vec<String> = tags.iter().map(|tag| tag.to_string()).collect();
+        let mut rename = Rename::configure(settings).unwrap();
+        let output = rename.bind(&tags).unwrap();
+        let batch = (0..tags.len() as u32)
+            .map(|tag| TaggedReading {
+                tag,
                 value: Value::Int(1),
                 quality: Quality::Good,
                 timestamp_ms: 0,
             })
             .collect();
-        let mut rename = Rename::configure(settings).unwrap();
         rename
             .process(batch)
             .unwrap()
             .into_iter()
-            .map(|r| r.tag)
+            .map(|r| output[r.tag as usize].clone())
             .collect()
     }
 
@@ -175,5 +203,17 @@ mod tests {
                 "{settings}"
             );
         }
+    }
+
+    #[test]
+    fn bind_refuses_a_rename_onto_a_kept_tag() {
+        let mut rename = Rename::configure(r#"{"tags": {"t1": "t2"}}"#).unwrap();
+        let tags = ["t1", "t2"].map(String::from);
+        assert_eq!(
+            rename.bind(&tags).err(),
+            Some(Error::InvalidConfig(
+                "invalid setting `tags`: `t1` and `t2` would both be published as `t2`".into()
+            ))
+        );
     }
 }

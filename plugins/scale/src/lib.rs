@@ -11,7 +11,7 @@ mod linear;
 
 use std::collections::HashMap;
 
-use omh_sdk::{Error, Quality, Reading, Transform, Value};
+use omh_sdk::{Error, Quality, TaggedReading, Transform, Value};
 use serde::Deserialize;
 
 use crate::linear::{Linear, LinearSettings};
@@ -24,6 +24,8 @@ struct Settings {
 
 pub struct Scale {
     tags: HashMap<String, Linear>,
+    /// The map of each bound tag, by tag index.
+    by_index: Vec<Option<Linear>>,
 }
 
 impl Transform for Scale {
@@ -45,12 +47,20 @@ impl Transform for Scale {
                 Ok((tag, linear))
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Self { tags })
+        Ok(Self {
+            tags,
+            by_index: Vec::new(),
+        })
     }
 
-    fn process(&mut self, mut batch: Vec<Reading>) -> Result<Vec<Reading>, Error> {
+    fn bind(&mut self, tags: &[String]) -> Result<Vec<String>, Error> {
+        self.by_index = omh_sdk::by_tag_index(tags, &self.tags);
+        Ok(tags.to_vec())
+    }
+
+    fn process(&mut self, mut batch: Vec<TaggedReading>) -> Result<Vec<TaggedReading>, Error> {
         for reading in &mut batch {
-            let Some(linear) = self.tags.get(&reading.tag) else {
+            let Some(linear) = &self.by_index[reading.tag as usize] else {
                 continue;
             };
             match reading.value {
@@ -72,43 +82,50 @@ omh_sdk::export_transform!(Scale);
 mod tests {
     use super::*;
 
-    fn reading(tag: &str, value: Value) -> Reading {
-        Reading {
-            tag: tag.into(),
+    fn reading(tag: u32, value: Value) -> TaggedReading {
+        TaggedReading {
+            tag,
             value,
             quality: Quality::Good,
             timestamp_ms: 1,
         }
     }
 
+    fn bound(settings: &str, tags: &[&str]) -> Scale {
+        let mut scale = Scale::configure(settings).unwrap();
+        let tags: Vec<String> = tags.iter().map(|tag| tag.to_string()).collect();
+        assert_eq!(scale.bind(&tags).unwrap(), tags);
+        scale
+    }
+
     #[test]
     fn scales_listed_tags_and_passes_the_rest() {
-        let mut scale = Scale::configure(
-            r#"{"tags": {"temperature": {"scale": 0.1, "offset": -40}, "level": {"input": [0, 27648], "output": [0, 100]}}}"#,
-        )
-        .unwrap();
+        let mut scale = bound(
+            r#"{"tags": {"temperature": {"scale": 0.1, "offset": -40}, "level": {"input": [0, 27648], "output": [0, 100]}, "elsewhere": {"scale": 3}}}"#,
+            &["level", "untouched", "temperature"],
+        );
         let output = scale
             .process(vec![
-                reading("temperature", Value::Int(650)),
-                reading("level", Value::Float(13824.0)),
-                reading("untouched", Value::Int(7)),
+                reading(2, Value::Int(650)),
+                reading(0, Value::Float(13824.0)),
+                reading(1, Value::Int(7)),
             ])
             .unwrap();
         assert_eq!(
             output,
             vec![
-                reading("temperature", Value::Float(25.0)),
-                reading("level", Value::Float(50.0)),
-                reading("untouched", Value::Int(7)),
+                reading(2, Value::Float(25.0)),
+                reading(0, Value::Float(50.0)),
+                reading(1, Value::Int(7)),
             ]
         );
     }
 
     #[test]
     fn a_value_that_is_not_a_number_flows_on_as_bad() {
-        let mut scale = Scale::configure(r#"{"tags": {"state": {"scale": 2}}}"#).unwrap();
+        let mut scale = bound(r#"{"tags": {"state": {"scale": 2}}}"#, &["state"]);
         let output = scale
-            .process(vec![reading("state", Value::Text("RUN".into()))])
+            .process(vec![reading(0, Value::Text("RUN".into()))])
             .unwrap();
         assert_eq!(output[0].value, Value::Text("RUN".into()));
         assert_eq!(output[0].quality, Quality::Bad);

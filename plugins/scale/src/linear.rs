@@ -21,7 +21,7 @@ pub struct LinearSettings {
     decimals: Option<u8>,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
     scale: f64,
     offset: f64,

@@ -10,7 +10,7 @@ mod table;
 
 use std::collections::HashMap;
 
-use omh_sdk::{Error, Quality, Reading, Transform, Value};
+use omh_sdk::{Error, Quality, TaggedReading, Transform, Value};
 use serde::Deserialize;
 
 use crate::table::Conversion;
@@ -30,6 +30,8 @@ struct UnitPair {
 
 pub struct Units {
     tags: HashMap<String, Conversion>,
+    /// The conversion of each bound tag, by tag index.
+    by_index: Vec<Option<Conversion>>,
 }
 
 impl Transform for Units {
@@ -51,12 +53,20 @@ impl Transform for Units {
                 Ok((tag, conversion))
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Self { tags })
+        Ok(Self {
+            tags,
+            by_index: Vec::new(),
+        })
     }
 
-    fn process(&mut self, mut batch: Vec<Reading>) -> Result<Vec<Reading>, Error> {
+    fn bind(&mut self, tags: &[String]) -> Result<Vec<String>, Error> {
+        self.by_index = omh_sdk::by_tag_index(tags, &self.tags);
+        Ok(tags.to_vec())
+    }
+
+    fn process(&mut self, mut batch: Vec<TaggedReading>) -> Result<Vec<TaggedReading>, Error> {
         for reading in &mut batch {
-            let Some(conversion) = self.tags.get(&reading.tag) else {
+            let Some(conversion) = &self.by_index[reading.tag as usize] else {
                 continue;
             };
             match reading.value {
@@ -82,18 +92,20 @@ mod tests {
             r#"{"tags": {"t": {"from": "degC", "to": "degF"}, "s": {"from": "bar", "to": "psi"}}}"#,
         )
         .unwrap();
+        let tags = ["x", "s", "t"].map(String::from);
+        assert_eq!(units.bind(&tags).unwrap(), tags);
         let batch = [
-            ("t", Value::Int(100)),
-            ("s", Value::Text("n/a".into())),
-            ("x", Value::Int(1)),
+            (2, Value::Int(100)),
+            (1, Value::Text("n/a".into())),
+            (0, Value::Int(1)),
         ]
-        .map(|(tag, value)| Reading {
-            tag: tag.into(),
+        .map(|(tag, value)| TaggedReading {
+            tag,
             value,
             quality: Quality::Good,
             timestamp_ms: 0,
         });
-        let output: Vec<(String, Value, Quality)> = units
+        let output: Vec<(u32, Value, Quality)> = units
             .process(batch.to_vec())
             .unwrap()
             .into_iter()
@@ -102,9 +114,9 @@ mod tests {
         assert_eq!(
             output,
             [
-                ("t".into(), Value::Float(212.0), Quality::Good),
-                ("s".into(), Value::Text("n/a".into()), Quality::Bad),
-                ("x".into(), Value::Int(1), Quality::Good),
+                (2, Value::Float(212.0), Quality::Good),
+                (1, Value::Text("n/a".into()), Quality::Bad),
+                (0, Value::Int(1), Quality::Good),
             ]
         );
     }

@@ -123,7 +123,7 @@ const QUANTITIES: &[(&str, &[Unit])] = &[
 
 /// A conversion between two units of one quantity, folded into one affine
 /// map: `to = from * scale + offset`.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Conversion {
     scale: f64,
     offset: f64,
