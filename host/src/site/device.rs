@@ -83,8 +83,7 @@ impl DeviceTask {
         }
         let start = Instant::now();
         let mut due: Vec<Instant> = vec![start; self.groups.len()];
-        // Unknown until the first poll, which publishes the device's status.
-        let mut readable = None;
+        let mut health = Health::new(self.groups.len());
         loop {
             let (index, at) = due
                 .iter()
@@ -101,7 +100,7 @@ impl DeviceTask {
                 }
             }
             let polled_at = unix_millis(SystemTime::now());
-            let message = self.poll(index, polled_at, &mut readable).await;
+            let message = self.poll(index, polled_at, &mut health).await;
             let group = &mut self.groups[index];
             self.publisher
                 .publish(group.topic.clone(), neuron::encode(&message), false);
@@ -165,7 +164,7 @@ impl DeviceTask {
         }
     }
 
-    async fn poll(&mut self, index: usize, polled_at: i64, readable: &mut Option<bool>) -> Message {
+    async fn poll(&mut self, index: usize, polled_at: i64, health: &mut Health) -> Message {
         let group_name = self.groups[index].name.clone();
         let read = self
             .driver
@@ -186,27 +185,29 @@ impl DeviceTask {
             }
             Err(error) => {
                 let message = error.to_string();
-                // A crash is worth a line even while the device is down.
-                if *readable == Some(false) && matches!(error, CallError::Crashed(_)) {
+                // A crash is worth a line even while the group is down.
+                if health.answered[index] == Some(false) && matches!(error, CallError::Crashed(_)) {
                     tracing::warn!(device = %self.name, group = %group.name, %error, "cannot read group");
                 }
                 let data = all_failed(&group.tags, GROUP_UNAVAILABLE_CODE, &message);
                 (data, Some(message))
             }
         };
-        // One log line and one status message per change, not per poll.
-        if *readable != Some(failure.is_none()) {
+        // One log line per group and one status message per device per
+        // change, not per poll.
+        if health.answered[index] != Some(failure.is_none()) {
             match &failure {
                 Some(error) => {
                     tracing::warn!(device = %self.name, group = %group.name, %error, "cannot read group")
                 }
-                None if readable.is_some() => {
-                    tracing::info!(device = %self.name, "device readable again")
+                None if health.answered[index].is_some() => {
+                    tracing::info!(device = %self.name, group = %group.name, "group readable again")
                 }
                 None => {}
             }
+        }
+        if health.record(index, failure.is_none()) {
             self.status.device(&self.name, failure.as_deref());
-            *readable = Some(failure.is_none());
         }
         let data = match &mut group.chain {
             Some(chain) => chain.apply(&self.name, &group.name, data).await,
@@ -219,6 +220,35 @@ impl DeviceTask {
             readings: data.readings,
             errors: data.errors,
         }
+    }
+}
+
+/// Whether the device answers, from each group's last poll: connected while
+/// any group's last poll was answered, so a group of a silent slave beside
+/// a good one does not make the device's status flap every poll.
+struct Health {
+    /// Per group: `None` until its first poll.
+    answered: Vec<Option<bool>>,
+    /// The device's state as last published.
+    published: Option<bool>,
+}
+
+impl Health {
+    fn new(groups: usize) -> Self {
+        Self {
+            answered: vec![None; groups],
+            published: None,
+        }
+    }
+
+    /// Records group `index`'s poll; true when the device's state changed
+    /// (or is known for the first time) and is to be published.
+    fn record(&mut self, index: usize, answered: bool) -> bool {
+        self.answered[index] = Some(answered);
+        let connected = self.answered.iter().flatten().any(|&a| a);
+        let changed = self.published != Some(connected);
+        self.published = Some(connected);
+        changed
     }
 }
 
@@ -244,5 +274,48 @@ fn all_failed(tags: &[String], code: i32, message: &str) -> GroupData {
                 message: message.to_string(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_is_connected_while_any_group_answers() {
+        let mut health = Health::new(2);
+        assert!(
+            health.record(0, false),
+            "first poll: disconnected, published"
+        );
+        assert!(health.record(1, true), "another group answers: connected");
+        assert!(
+            !health.record(0, false),
+            "a silent group alone does not flap it"
+        );
+        assert!(!health.record(1, true));
+        assert!(health.record(1, false), "no group answers: disconnected");
+        assert!(!health.record(0, false));
+        assert!(health.record(0, true), "back");
+    }
+
+    #[test]
+    fn only_io_errors_without_readings_mean_unanswered() {
+        let error = |code| TagError {
+            tag: "t".into(),
+            code,
+            message: format!("code {code}"),
+        };
+        let data = |errors| GroupData {
+            readings: Vec::new(),
+            errors,
+        };
+        assert_eq!(
+            unanswered(&data(vec![error(-1), error(-2)])).as_deref(),
+            Some("code -1")
+        );
+        // A Modbus exception is an answer.
+        assert_eq!(unanswered(&data(vec![error(-2), error(2)])), None);
+        assert_eq!(unanswered(&data(Vec::new())), None);
     }
 }
