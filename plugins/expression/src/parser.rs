@@ -12,11 +12,27 @@ use crate::SyntaxError;
 use crate::formula::{Arity, FUNCTIONS, Formula, Node, Operator};
 use crate::lexer::{Token, tokens};
 
+/// Bounds on what a formula may be: the parser, `eval` and dropping the
+/// tree all recurse, and a plugin's stack is small. Far above any formula a
+/// person writes.
+const MAX_TOKENS: usize = 512;
+const MAX_NESTING: usize = 64;
+
 pub fn parse(text: &str) -> Result<Formula, SyntaxError> {
+    let tokens = tokens(text)?;
+    if let Some((_, column)) = tokens.get(MAX_TOKENS) {
+        return Err(SyntaxError::new(
+            *column,
+            format!(
+                "the expression is too long (at most {MAX_TOKENS} numbers, names and operators)"
+            ),
+        ));
+    }
     let mut parser = Parser {
-        tokens: tokens(text)?,
+        tokens,
         at: 0,
         inputs: Vec::new(),
+        nesting: 0,
     };
     let root = parser.sum()?;
     let (token, column) = parser.peek();
@@ -36,6 +52,9 @@ struct Parser {
     tokens: Vec<(Token, usize)>,
     at: usize,
     inputs: Vec<(String, usize)>,
+    /// `unary` calls in progress: every nesting (parentheses, arguments,
+    /// signs, powers) goes through it.
+    nesting: usize,
 }
 
 impl Parser {
@@ -81,6 +100,19 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Node, SyntaxError> {
+        if self.nesting == MAX_NESTING {
+            return Err(SyntaxError::new(
+                self.peek().1,
+                format!("nested too deeply (at most {MAX_NESTING} levels)"),
+            ));
+        }
+        self.nesting += 1;
+        let node = self.unary_unbounded();
+        self.nesting -= 1;
+        node
+    }
+
+    fn unary_unbounded(&mut self) -> Result<Node, SyntaxError> {
         if *self.peek().0 == Token::Minus {
             self.next();
             return Ok(Node::Negate(Box::new(self.unary()?)));
@@ -283,6 +315,54 @@ mod tests {
                 Err(SyntaxError::new(column, message.to_string())),
                 "{text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn refuses_formulas_that_would_exhaust_the_stack() {
+        let deep = format!("{}1{}", "(".repeat(200), ")".repeat(200));
+        let error = parse(&deep).unwrap_err().to_string();
+        assert!(error.contains("nested too deeply"), "{error}");
+        let signs = format!("{}1", "-".repeat(100));
+        assert!(parse(&signs).unwrap_err().to_string().contains("nested"));
+        let long = format!("{}1", "1+".repeat(1_000));
+        let error = parse(&long).unwrap_err().to_string();
+        assert!(error.contains("too long"), "{error}");
+        assert!(parse(&format!("{}1{}", "(".repeat(60), ")".repeat(60))).is_ok());
+    }
+
+    mod fuzz {
+        //! Bad input never panics the parser or the evaluator: arbitrary
+        //! text, and soups of the grammar's own tokens (which get further).
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn token_soup() -> impl Strategy<Value = String> {
+            let token = proptest::sample::select(vec![
+                "(", ")", "-", "+", "*", "/", "%", "^", ",", " ", "value", "a", "max", "min",
+                "sqrt", "abs", "round", "1", "0", "2.5", "1e3", "1e309", ".", "_",
+            ]);
+            proptest::collection::vec(token, 0..40).prop_map(|tokens| tokens.concat())
+        }
+
+        fn evaluates_without_panic(text: &str) {
+            if let Ok(formula) = parse(text) {
+                let inputs: Vec<f64> = formula.inputs.iter().map(|_| 1.5).collect();
+                let _ = formula.root.eval(&inputs);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_is_a_formula_or_an_error(text in "\\PC{0,60}") {
+                evaluates_without_panic(&text);
+            }
+
+            #[test]
+            fn token_soup_is_a_formula_or_an_error(text in token_soup()) {
+                evaluates_without_panic(&text);
+            }
         }
     }
 }
