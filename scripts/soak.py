@@ -16,13 +16,20 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def free_port():
-    with socket.socket() as s:
+def free_ports(count):
+    """`count` distinct free ports: every socket stays bound until all are
+    chosen, so the OS cannot hand out one port twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def manifest(out, devices):
+    broker_port, *device_ports = free_ports(1 + int(devices))
     lines = [
         "[site]",
         'name = "soak"',
@@ -31,7 +38,7 @@ def manifest(out, devices):
         "[plugins]",
         f'dir = "{os.path.abspath("target/plugins")}"',
         "[broker]",
-        f'listen = "127.0.0.1:{free_port()}"',
+        f'listen = "127.0.0.1:{broker_port}"',
         "anonymous = true",
         "[broker.uns]",
         "[sinks.storage]",
@@ -42,8 +49,7 @@ def manifest(out, devices):
         'template = "INSERT INTO conditions(time, temperature, humidity) '
         'VALUES (${timestamp}, ${temperature}, ${humidity})"',
     ]
-    for n in range(int(devices)):
-        port = free_port()
+    for n, port in enumerate(device_ports):
         lines += [
             f"[simulators.sim{n}]",
             f'listen = "127.0.0.1:{port}"',
@@ -92,6 +98,8 @@ def sample(out, pid, minutes):
         writer.writerow(["elapsed_s", "rss_mib", "cpu_percent", "rows"])
         while time.monotonic() < end:
             time.sleep(SAMPLE_EVERY_S)
+            if not os.path.exists(f"/proc/{pid}"):
+                sys.exit(f"soak: omh-host exited early; see {out}/omh-host.log")
             now, cpu = time.monotonic(), cpu_seconds(pid)
             percent = 100 * (cpu - last_cpu) / (now - last_t)
             last_cpu, last_t = cpu, now
