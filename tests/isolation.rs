@@ -250,3 +250,109 @@ tags = [{{ name = "forbidden", address = "-" }}, {{ name = "endpoint", address =
         "no connection reached the address the manifest did not grant"
     );
 }
+
+/// Starts a site of one misbehaving-driver device, `settings` and `limits`
+/// as inline TOML tables, polling group `g` (tag `counter`) every
+/// `interval`; returns it with a collector of its group and status topics.
+fn misbehaving_site(
+    dir: &std::path::Path,
+    settings: &str,
+    limits: &str,
+    interval: &str,
+) -> (RunningSite, Collector) {
+    let plugins = plugins_with(dir, &[test_plugins_dir().join("misbehaving-driver.wasm")]);
+    let mqtt_port = free_port();
+    let manifest_path = dir.join("site.toml");
+    let device = format!(
+        r#"
+[devices.d]
+driver = "misbehaving-driver"
+endpoint = "127.0.0.1:9"
+settings = {settings}
+limits = {limits}
+[devices.d.groups.g]
+interval = "{interval}"
+tags = [{{ name = "counter", address = "none" }}]
+"#
+    );
+    std::fs::write(
+        &manifest_path,
+        manifest_header(dir, &plugins, mqtt_port) + &device,
+    )
+    .unwrap();
+    let site = RunningSite::start(&manifest_path, &[], dir);
+    let mqtt = Collector::connect(mqtt_port, &["/neuron/omh/d/g", "omh/status/plugins/#"]);
+    (site, mqtt)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_returning_a_million_readings_publishes_one_per_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    // Memory enough for the million readings to reach the host (at the
+    // default 64 MiB the instance is stopped at its limit first).
+    let (mut site, mqtt) = misbehaving_site(
+        dir.path(),
+        r#"{ mode = "flood", after = 1 }"#,
+        r#"{ memory_limit = "256MiB" }"#,
+        "500ms",
+    );
+    let rss = support::proc::RssSampler::start(site.pid());
+    site.wait_for_log("dropped=999999").await;
+    mqtt.wait_for_more(&mut site, "/neuron/omh/d/g", 3).await;
+
+    let messages = mqtt.on("/neuron/omh/d/g");
+    assert!(messages.len() >= 4, "{messages:?}");
+    for message in &messages {
+        let values = message["values"].as_object().unwrap();
+        assert_eq!(values.len(), 1, "{message}");
+        // The first reading of the tag wins: the poll count, not a flood value.
+        assert!(values["counter"].as_i64().unwrap() > 0, "{message}");
+    }
+    assert_eq!(
+        mqtt.last_on("omh/status/plugins/devices.d").unwrap()["restarts"],
+        0,
+        "a flood is not a crash"
+    );
+    println!(
+        "million-reading polls: {} messages, host RSS peak/HWM {}",
+        messages.len(),
+        rss.report()
+    );
+    site.assert_alive();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_memory_stays_flat_across_a_thousand_plugin_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Traps on every poll; restarted after 1 ms instead of backing off, so
+    // a thousand restarts take seconds.
+    let (mut site, mqtt) = misbehaving_site(
+        dir.path(),
+        r#"{ mode = "trap", after = 0 }"#,
+        r#"{ restart_backoff = "1ms", restart_backoff_max = "1ms" }"#,
+        "10ms",
+    );
+    let pid = site.pid();
+    let restarts_at_least = async |site: &mut RunningSite, count: u64| {
+        wait_for(
+            Duration::from_secs(120),
+            &format!("{count} restarts"),
+            site,
+            async |_| {
+                let status = mqtt.last_on("omh/status/plugins/devices.d");
+                (restarts(&status) >= count).then_some(())
+            },
+        )
+        .await;
+        support::proc::status_kib(pid, "VmRSS").unwrap() as f64 / 1024.0
+    };
+    // The first hundred warm up the allocator and the broker's log.
+    let warm = restarts_at_least(&mut site, 100).await;
+    let after = restarts_at_least(&mut site, 1_100).await;
+    println!("host RSS after 100 restarts {warm:.1} MiB, after 1,100 {after:.1} MiB");
+    assert!(
+        after - warm < 16.0,
+        "RSS grew from {warm:.1} MiB to {after:.1} MiB over 1,000 restarts"
+    );
+    site.assert_alive();
+}

@@ -16,6 +16,7 @@ mod storage;
 mod uplink;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use plugin::catalog::{Catalog, WIT_PACKAGE, WIT_VERSION};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -151,9 +152,12 @@ fn init_logging() {
             "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off",
         )
     });
+    // Colours only for a person at a terminal, not in files or journals.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -193,7 +197,6 @@ fn check(manifest: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn passwd(username: &str) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password(format!("password for {username}: "))?;
         if rpassword::prompt_password("again: ")? != first {

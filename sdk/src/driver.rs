@@ -16,7 +16,9 @@ pub trait Driver: Sized + 'static {
     fn configure(endpoint: &str, settings: &str, groups: Vec<Group>) -> Result<Self, Error>;
 
     /// Reads every tag of `group`. Tags that fail individually belong in
-    /// [`GroupData::errors`]; an `Err` fails the whole poll.
+    /// [`GroupData::errors`]; an `Err` fails the whole poll. The host keeps
+    /// one reading or error per tag of the group (the first) and drops
+    /// readings of tags the group does not have.
     fn read_group(&mut self, group: &str) -> Result<GroupData, Error>;
 
     /// Writes one tag. Drivers that cannot write keep this default.

@@ -111,11 +111,19 @@ pub struct Limits {
     /// Longest a single call into the plugin may run before it is stopped.
     #[serde(default, deserialize_with = "units::optional_duration")]
     pub call_timeout: Option<Duration>,
+    /// Wait before restarting a crashed instance; doubles with each crash
+    /// in a row, up to `restart_backoff_max`.
+    #[serde(default, deserialize_with = "units::optional_duration")]
+    pub restart_backoff: Option<Duration>,
+    #[serde(default, deserialize_with = "units::optional_duration")]
+    pub restart_backoff_max: Option<Duration>,
 }
 
 impl Limits {
     pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
     pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_millis(500);
+    pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
     /// This instance's limits, falling back to the site defaults.
     pub fn resolve(&self, defaults: &Limits) -> ResolvedLimits {
@@ -128,6 +136,14 @@ impl Limits {
                 .call_timeout
                 .or(defaults.call_timeout)
                 .unwrap_or(Self::DEFAULT_CALL_TIMEOUT),
+            restart_backoff: self
+                .restart_backoff
+                .or(defaults.restart_backoff)
+                .unwrap_or(Self::DEFAULT_RESTART_BACKOFF),
+            restart_backoff_max: self
+                .restart_backoff_max
+                .or(defaults.restart_backoff_max)
+                .unwrap_or(Self::DEFAULT_RESTART_BACKOFF_MAX),
         }
     }
 }
@@ -136,6 +152,8 @@ impl Limits {
 pub struct ResolvedLimits {
     pub memory_limit: u64,
     pub call_timeout: Duration,
+    pub restart_backoff: Duration,
+    pub restart_backoff_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

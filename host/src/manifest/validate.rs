@@ -320,6 +320,24 @@ fn check_limits(at: &str, limits: &Limits, problems: &mut Problems) {
     if limits.call_timeout == Some(Duration::ZERO) {
         problems.add(format!("{at}.call_timeout"), "0s is not a timeout".into());
     }
+    if limits.restart_backoff == Some(Duration::ZERO) {
+        problems.add(
+            format!("{at}.restart_backoff"),
+            "0s would restart a crashing plugin in a busy loop; the least is 1ms".into(),
+        );
+    }
+    if let (Some(first), Some(max)) = (limits.restart_backoff, limits.restart_backoff_max)
+        && max < first
+    {
+        problems.add(
+            format!("{at}.restart_backoff_max"),
+            format!(
+                "{} is less than restart_backoff ({})",
+                humantime::format_duration(max),
+                humantime::format_duration(first)
+            ),
+        );
+    }
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(), String> {

@@ -210,8 +210,7 @@ impl PluginRuntime {
             spec.name,
             versions,
             blueprint,
-            limits.call_timeout,
-            limits.memory_limit,
+            limits,
             status,
         )
     }
@@ -255,4 +254,67 @@ fn called<T>(
             reason: describe(&error),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::supervisor::contain;
+    use super::*;
+    use crate::manifest::Limits;
+
+    /// A host function that panics while a plugin's call is inside it (a
+    /// bug reached by what the plugin passed, say) unwinds through the
+    /// plugin's frames to the supervisor, which drops the instance.
+    #[tokio::test]
+    async fn a_host_function_panicking_inside_a_plugin_call_is_contained() {
+        let wasm = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/test-plugins/misbehaving-driver.wasm"
+        );
+        let bytes = std::fs::read(wasm).expect("scripts/build-plugins builds the test plugins");
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = PluginRuntime::new(cache.path().into()).unwrap();
+        let (component, _) = runtime.load(&bytes).unwrap();
+        // The driver's linker, with the clock it reads in every poll
+        // replaced by one that panics.
+        let mut linker = runtime.driver_linker.clone();
+        linker.allow_shadowing(true);
+        linker
+            .instance("omh:plugin/clock@0.2.0")
+            .unwrap()
+            .func_wrap("now-ms", |_, ()| -> wasmtime::Result<(i64,)> {
+                panic!("the clock broke")
+            })
+            .unwrap();
+        let pre = driver::DriverPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        let limits = Limits::default().resolve(&Limits::default());
+        let mut store = new_store(runtime.engine.engine(), &"test".into(), &Grants::default(), limits);
+        let bindings = pre.instantiate_async(&mut store).await.unwrap();
+        let api = bindings.omh_plugin_driver_api();
+        let groups = [Group {
+            name: "g".into(),
+            tags: vec![Tag {
+                name: "t".into(),
+                address: "none".into(),
+                data_type: String::new(),
+                writable: false,
+            }],
+        }];
+        api.call_configure(&mut store, "127.0.0.1:9", r#"{"mode":"ok"}"#, &groups)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let outcome = contain(api.call_read_group(&mut store, "g")).await;
+        let error = outcome.err().expect("the panic is caught");
+        assert_eq!(error, "the host panicked serving the plugin: the clock broke");
+        drop(store);
+        // The engine serves new instances as before.
+        let mut store = new_store(runtime.engine.engine(), &"test".into(), &Grants::default(), limits);
+        runtime
+            .driver_linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .unwrap();
+    }
 }

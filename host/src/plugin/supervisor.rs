@@ -11,16 +11,17 @@
 use super::bindings::types::Error as PluginError;
 use super::state::PluginState;
 use super::versions::{Swap, Version};
+use crate::manifest::ResolvedLimits;
 use crate::status::{PluginState as Phase, StatusBoard};
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use wasmtime::Store;
 use wasmtime::component::Component;
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// An instance that lived this long before crashing starts backoff afresh.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
@@ -97,8 +98,7 @@ pub struct Supervised<B> {
     /// The version `factory` makes instances of.
     running: Arc<str>,
     factory: Factory<B>,
-    call_timeout: Duration,
-    memory_limit: u64,
+    limits: ResolvedLimits,
     live: Option<(Live<B>, Instant)>,
     failed: Option<String>,
     backoff: Duration,
@@ -114,8 +114,7 @@ impl<B: Send> Supervised<B> {
         name: Arc<str>,
         mut versions: watch::Receiver<Version>,
         blueprint: Blueprint<B>,
-        call_timeout: Duration,
-        memory_limit: u64,
+        limits: ResolvedLimits,
         status: StatusBoard,
     ) -> anyhow::Result<Self> {
         let version = versions.borrow_and_update().clone();
@@ -125,11 +124,10 @@ impl<B: Send> Supervised<B> {
             name,
             blueprint,
             versions,
-            call_timeout,
-            memory_limit,
+            limits,
             live: None,
             failed: None,
-            backoff: FIRST_BACKOFF,
+            backoff: limits.restart_backoff,
             retry_at: None,
             restarts: 0,
             interrupts: 0,
@@ -149,12 +147,16 @@ impl<B: Send> Supervised<B> {
     ) -> Result<T, CallError> {
         self.start().await?;
         let (live, _) = self.live.as_mut().expect("ensure_live leaves an instance");
-        let outcome =
-            tokio::time::timeout(self.call_timeout, call(&live.bindings, &mut live.store)).await;
+        let outcome = tokio::time::timeout(
+            self.limits.call_timeout,
+            contain(call(&live.bindings, &mut live.store)),
+        )
+        .await;
         match outcome {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(error))) => Err(CallError::Plugin(error)),
-            Ok(Err(trap)) => {
+            Ok(Ok(Ok(Ok(value)))) => Ok(value),
+            Ok(Ok(Ok(Err(error)))) => Err(CallError::Plugin(error)),
+            Ok(Err(panic)) => Err(self.crashed(panic)),
+            Ok(Ok(Err(trap))) => {
                 if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
                     self.interrupts += 1;
                 }
@@ -164,7 +166,7 @@ impl<B: Send> Supervised<B> {
                 self.interrupts += 1;
                 Err(self.crashed(format!(
                     "call did not return within {} (call_timeout)",
-                    humantime::format_duration(self.call_timeout)
+                    humantime::format_duration(self.limits.call_timeout)
                 )))
             }
         }
@@ -205,13 +207,14 @@ impl<B: Send> Supervised<B> {
     /// (between calls), so no call is cut short.
     async fn swap_to(&mut self, version: &Version) -> Result<(), String> {
         let factory = (self.blueprint)(&version.component).map_err(|e| format!("{e:#}"))?;
-        let live = match tokio::time::timeout(self.call_timeout, factory()).await {
-            Ok(Ok(live)) => live,
-            Ok(Err(error)) => return Err(error.to_string()),
+        let live = match tokio::time::timeout(self.limits.call_timeout, contain(factory())).await {
+            Ok(Ok(Ok(live))) => live,
+            Ok(Ok(Err(error))) => return Err(error.to_string()),
+            Ok(Err(panic)) => return Err(panic),
             Err(_) => {
                 return Err(format!(
                     "start did not finish within {} (call_timeout)",
-                    humantime::format_duration(self.call_timeout)
+                    humantime::format_duration(self.limits.call_timeout)
                 ));
             }
         };
@@ -222,7 +225,7 @@ impl<B: Send> Supervised<B> {
         // rejected, or its crashes, say nothing about this one.
         self.failed = None;
         self.retry_at = None;
-        self.backoff = FIRST_BACKOFF;
+        self.backoff = self.limits.restart_backoff;
         self.status.plugin(
             &self.name,
             Phase::Running,
@@ -252,7 +255,12 @@ impl<B: Send> Supervised<B> {
         let first_start = self.retry_at.is_none() && self.restarts == 0;
         // Instantiation and configure run under the same deadline as calls:
         // a plugin that hangs in configure is as broken as one that hangs later.
-        let started = tokio::time::timeout(self.call_timeout, (self.factory)()).await;
+        let started = tokio::time::timeout(
+            self.limits.call_timeout,
+            contain((self.factory)())
+                .map(|started| started.map_err(StartError::Crashed).and_then(|live| live)),
+        )
+        .await;
         match started {
             Ok(Ok(live)) => {
                 if !first_start {
@@ -285,7 +293,7 @@ impl<B: Send> Supervised<B> {
             Ok(Err(error)) => Err(self.crashed(error.to_string())),
             Err(_) => Err(self.crashed(format!(
                 "start did not finish within {} (call_timeout)",
-                humantime::format_duration(self.call_timeout)
+                humantime::format_duration(self.limits.call_timeout)
             ))),
         }
     }
@@ -295,10 +303,12 @@ impl<B: Send> Supervised<B> {
         if let Some((_, since)) = self.live.take()
             && since.elapsed() >= HEALTHY_AFTER
         {
-            self.backoff = FIRST_BACKOFF;
+            self.backoff = self.limits.restart_backoff;
         }
         let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.backoff = (self.backoff * 2)
+            .min(self.limits.restart_backoff_max)
+            .max(self.limits.restart_backoff);
         self.retry_at = Some((Instant::now() + delay, reason.clone()));
         tracing::error!(
             plugin = %self.name,
@@ -322,7 +332,7 @@ impl<B: Send> Supervised<B> {
         if text.contains("forcing trap when growing memory") || text.contains("memory limit") {
             return format!(
                 "exceeded its memory limit of {} MiB",
-                self.memory_limit >> 20
+                self.limits.memory_limit >> 20
             );
         }
         let first_line = text.lines().next().unwrap_or("trap").to_string();
@@ -331,4 +341,19 @@ impl<B: Send> Supervised<B> {
             None => format!("trapped: {first_line}"),
         }
     }
+}
+
+/// Runs `future`, turning a panic into an error. A panic while serving a
+/// plugin (in a host function it called, or while lifting what it
+/// returned) must cost that instance, which is dropped like a trapped one,
+/// not the task that drives its device or sink.
+pub(super) async fn contain<T>(future: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(future).catch_unwind().await.map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        format!("the host panicked serving the plugin: {message}")
+    })
 }

@@ -2,13 +2,14 @@
 //! their transform chains. The host owns the schedule: each group is read
 //! once per interval and published as one Neuron-shaped message.
 
+use super::admission::{Admission, Admitted};
 use super::chain::TransformChain;
 use super::writes::{Responder, WriteError, WriteRequest, to_plugin_value};
 use crate::bus::uns::GroupUns;
 use crate::bus::{Publisher, neuron};
 use crate::manifest::TopicTemplate;
 use crate::plugin::bindings::types::Error as PluginError;
-use crate::plugin::bindings::types::{GroupData, Message, TagError};
+use crate::plugin::bindings::types::{Message, Reading, TagError};
 use crate::plugin::runtime::Driver;
 use crate::plugin::state::unix_millis;
 use crate::plugin::supervisor::{CallError, Supervised, describe};
@@ -34,6 +35,7 @@ pub struct GroupSchedule {
     pub uns: Option<GroupUns>,
     /// `None` for a group without transforms.
     pub chain: Option<TransformChain>,
+    admission: Admission,
 }
 
 pub struct DeviceTask {
@@ -64,6 +66,7 @@ impl GroupSchedule {
                 .filter(|(_, w)| *w)
                 .map(|(t, _)| t.clone())
                 .collect(),
+            admission: Admission::new(tags.iter().map(|(t, _)| t.clone()).collect()),
             tags: tags.into_iter().map(|(t, _)| t).collect(),
             topic: topic.render(device, name),
             uns,
@@ -180,7 +183,8 @@ impl DeviceTask {
         let group = &mut self.groups[index];
         let (data, failure) = match read {
             Ok(data) => {
-                let failure = unanswered(&data);
+                let data = group.admission.admit(&self.name, &group.name, data);
+                let failure = unanswered(&data.readings, &data.errors);
                 (data, failure)
             }
             Err(error) => {
@@ -211,7 +215,7 @@ impl DeviceTask {
         }
         let data = match &mut group.chain {
             Some(chain) => chain.apply(&self.name, &group.name, data).await,
-            None => data,
+            None => data.into_data(),
         };
         Message {
             node: self.name.to_string(),
@@ -255,17 +259,18 @@ impl Health {
 /// Why a poll counts as the device not answering: nothing was read and
 /// every error is an I/O error (negative code, by the WIT's convention;
 /// a protocol exception means the device did answer). `None` otherwise.
-fn unanswered(data: &GroupData) -> Option<String> {
-    let io_only = data.errors.iter().all(|error| error.code < 0);
-    match data.errors.first() {
-        Some(first) if data.readings.is_empty() && io_only => Some(first.message.clone()),
+fn unanswered(readings: &[Reading], errors: &[TagError]) -> Option<String> {
+    let io_only = errors.iter().all(|error| error.code < 0);
+    match errors.first() {
+        Some(first) if readings.is_empty() && io_only => Some(first.message.clone()),
         _ => None,
     }
 }
 
-fn all_failed(tags: &[String], code: i32, message: &str) -> GroupData {
-    GroupData {
+fn all_failed(tags: &[String], code: i32, message: &str) -> Admitted {
+    Admitted {
         readings: Vec::new(),
+        tag_indexes: Vec::new(),
         errors: tags
             .iter()
             .map(|tag| TagError {
@@ -306,16 +311,12 @@ mod tests {
             code,
             message: format!("code {code}"),
         };
-        let data = |errors| GroupData {
-            readings: Vec::new(),
-            errors,
-        };
         assert_eq!(
-            unanswered(&data(vec![error(-1), error(-2)])).as_deref(),
+            unanswered(&[], &[error(-1), error(-2)]).as_deref(),
             Some("code -1")
         );
         // A Modbus exception is an answer.
-        assert_eq!(unanswered(&data(vec![error(-2), error(2)])), None);
-        assert_eq!(unanswered(&data(Vec::new())), None);
+        assert_eq!(unanswered(&[], &[error(-2), error(2)]), None);
+        assert_eq!(unanswered(&[], &[]), None);
     }
 }

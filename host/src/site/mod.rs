@@ -1,6 +1,7 @@
 //! A running site: the manifest turned into simulators, a broker, supervised
 //! plugin instances and the tasks that move data between them.
 
+mod admission;
 mod chain;
 mod device;
 mod pipeline;

@@ -1,6 +1,6 @@
 //! A driver that misbehaves on purpose, for the host's isolation tests.
 //!
-//! Settings: `{"mode": "trap" | "hang" | "oom" | "ok", "after": N}`. The
+//! Settings: `{"mode": "trap" | "hang" | "oom" | "flood" | "ok", "after": N}`. The
 //! first `after` (default 2) polls each return one good reading (the group's
 //! first tag, valued with the poll count); every later poll misbehaves as
 //! `mode` says, so tests can see healthy data before the failure.
@@ -25,6 +25,9 @@ enum Mode {
     Hang,
     /// Allocates and touches memory until the host's limit stops it.
     Oom,
+    /// Returns a million readings: the group's first tag, then tags the
+    /// group does not have and the first tag again, alternating.
+    Flood,
     /// Keeps returning good readings.
     Ok,
     /// Tries to connect to `target` as well as to its endpoint.
@@ -69,7 +72,8 @@ impl Driver for MisbehavingDriver {
             return Ok(self.try_to_escape(group));
         }
         self.polls += 1;
-        if self.polls > self.settings.after {
+        let misbehaving = self.polls > self.settings.after;
+        if misbehaving {
             misbehave(self.settings.mode);
         }
         let tag = self
@@ -84,11 +88,36 @@ impl Driver for MisbehavingDriver {
             quality: Quality::Good,
             timestamp_ms: omh_sdk::now_ms(),
         };
+        let readings = match self.settings.mode {
+            Mode::Flood if misbehaving => flood(reading),
+            _ => vec![reading],
+        };
         Ok(GroupData {
-            readings: vec![reading],
+            readings,
             errors: Vec::new(),
         })
     }
+}
+
+const FLOOD: usize = 1_000_000;
+
+/// `first`, then `FLOOD - 1` more readings alternating between tags the
+/// group does not have and `first`'s tag again.
+fn flood(first: Reading) -> Vec<Reading> {
+    let mut readings = Vec::with_capacity(FLOOD);
+    readings.push(first.clone());
+    for i in 1..FLOOD {
+        readings.push(Reading {
+            tag: if i % 2 == 0 {
+                first.tag.clone()
+            } else {
+                format!("stray-{i}")
+            },
+            value: Value::Int(-(i as i64)),
+            ..first.clone()
+        });
+    }
+    readings
 }
 
 impl MisbehavingDriver {
@@ -127,7 +156,7 @@ impl MisbehavingDriver {
 
 fn misbehave(mode: Mode) {
     match mode {
-        Mode::Ok | Mode::Escape => {}
+        Mode::Ok | Mode::Escape | Mode::Flood => {}
         Mode::Trap => panic!("misbehaving-driver: trapping on purpose"),
         Mode::Hang => {
             let mut spins = 0u64;
