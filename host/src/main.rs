@@ -16,8 +16,8 @@ mod storage;
 mod uplink;
 
 use clap::{Parser, Subcommand};
-use std::io::IsTerminal;
 use plugin::catalog::{Catalog, WIT_PACKAGE, WIT_VERSION};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -206,13 +206,7 @@ impl PluginRuntime {
             });
             Ok(factory)
         });
-        Supervised::new(
-            spec.name,
-            versions,
-            blueprint,
-            limits,
-            status,
-        )
+        Supervised::new(spec.name, versions, blueprint, limits, status)
     }
 }
 
@@ -288,7 +282,12 @@ mod tests {
             .unwrap();
         let pre = driver::DriverPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
         let limits = Limits::default().resolve(&Limits::default());
-        let mut store = new_store(runtime.engine.engine(), &"test".into(), &Grants::default(), limits);
+        let mut store = new_store(
+            runtime.engine.engine(),
+            &"test".into(),
+            &Grants::default(),
+            limits,
+        );
         let bindings = pre.instantiate_async(&mut store).await.unwrap();
         let api = bindings.omh_plugin_driver_api();
         let groups = [Group {
@@ -307,10 +306,18 @@ mod tests {
 
         let outcome = contain(api.call_read_group(&mut store, "g")).await;
         let error = outcome.err().expect("the panic is caught");
-        assert_eq!(error, "the host panicked serving the plugin: the clock broke");
+        assert_eq!(
+            error,
+            "the host panicked serving the plugin: the clock broke"
+        );
         drop(store);
         // The engine serves new instances as before.
-        let mut store = new_store(runtime.engine.engine(), &"test".into(), &Grants::default(), limits);
+        let mut store = new_store(
+            runtime.engine.engine(),
+            &"test".into(),
+            &Grants::default(),
+            limits,
+        );
         runtime
             .driver_linker
             .instantiate_async(&mut store, &component)

@@ -348,12 +348,15 @@ impl<B: Send> Supervised<B> {
 /// returned) must cost that instance, which is dropped like a trapped one,
 /// not the task that drives its device or sink.
 pub(super) async fn contain<T>(future: impl Future<Output = T>) -> Result<T, String> {
-    AssertUnwindSafe(future).catch_unwind().await.map_err(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|text| text.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        format!("the host panicked serving the plugin: {message}")
-    })
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            format!("the host panicked serving the plugin: {message}")
+        })
 }

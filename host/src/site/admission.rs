@@ -176,23 +176,42 @@ mod tests {
         assert_eq!(admitted.tag_indexes, [0, 2]);
         let errors: Vec<_> = admitted.errors.iter().map(|e| e.tag.as_str()).collect();
         assert_eq!(errors, ["b"]);
-        assert_eq!(admission.unreported, 0, "the first drop is reported at once");
+        assert_eq!(
+            admission.unreported, 0,
+            "the first drop is reported at once"
+        );
         assert!(admission.last_warning.is_some());
 
         // The next batch starts afresh.
-        let admitted = admission.admit("d", "g", GroupData {
-            readings: vec![reading("b", 6), reading("a", 7), reading("a", 8)],
-            errors: Vec::new(),
-        });
+        let admitted = admission.admit(
+            "d",
+            "g",
+            GroupData {
+                readings: vec![reading("b", 6), reading("a", 7), reading("a", 8)],
+                errors: Vec::new(),
+            },
+        );
         assert_eq!(admitted.tag_indexes, [1, 0]);
-        assert_eq!(admission.unreported, 1, "within the minute: counted, not logged");
+        assert_eq!(
+            admission.unreported, 1,
+            "within the minute: counted, not logged"
+        );
     }
 
     #[test]
     fn a_million_readings_become_at_most_one_per_tag() {
         let mut admission = Admission::new(vec!["t".into()]);
-        let readings = (0..1_000_000).map(|i| reading(if i % 2 == 0 { "t" } else { "x" }, i)).collect();
-        let admitted = admission.admit("d", "g", GroupData { readings, errors: Vec::new() });
+        let readings = (0..1_000_000)
+            .map(|i| reading(if i % 2 == 0 { "t" } else { "x" }, i))
+            .collect();
+        let admitted = admission.admit(
+            "d",
+            "g",
+            GroupData {
+                readings,
+                errors: Vec::new(),
+            },
+        );
         assert_eq!(admitted.readings.len(), 1);
         assert_eq!(int(&admitted.readings[0].value), 0);
     }
