@@ -261,6 +261,14 @@ pub struct SinkSection {
         deserialize_with = "units::byte_size"
     )]
     pub buffer_max_bytes: u64,
+    /// Longest a database write or commit may take (a locked table, a
+    /// stalled server) before the connection is dropped and the batch,
+    /// still buffered, is retried.
+    #[serde(
+        default = "default_write_timeout",
+        deserialize_with = "units::duration"
+    )]
+    pub write_timeout: Duration,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -323,6 +331,10 @@ fn default_batch_size() -> usize {
 fn default_buffer_max_bytes() -> u64 {
     1 << 30
 }
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn one_second() -> Duration {
     Duration::from_secs(1)
 }

@@ -160,6 +160,9 @@ pub fn validate(manifest: &Manifest) -> Result<(TopicTemplate, Option<UnsTemplat
             problems.add(format!("{at}.batch_size"), "0 is not a batch size".into());
         }
         check_buffer_size(&at, sink.buffer_max_bytes, &mut problems);
+        if sink.write_timeout.is_zero() {
+            problems.add(format!("{at}.write_timeout"), "0s is not a timeout".into());
+        }
         check_limits(&format!("{at}.limits"), &sink.limits, &mut problems);
     }
 

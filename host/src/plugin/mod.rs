@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod catalog;
+mod deadline;
 pub mod engine;
 pub mod inspect;
 pub mod reload;

@@ -4,6 +4,7 @@
 
 use super::bindings::sink::omh::plugin::{clock, logging, sql};
 use super::bindings::types::Error as PluginError;
+use super::deadline::HostWait;
 use crate::storage::{SqlValue, Storage, StorageError, WriteOp};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct PluginState {
     table: ResourceTable,
     pub(super) limits: StoreLimits,
     storage: Option<Storage>,
+    /// Time spent waiting on `storage`: not the plugin's time.
+    pub(super) host_wait: Arc<HostWait>,
 }
 
 impl PluginState {
@@ -59,6 +62,7 @@ impl PluginState {
                 .trap_on_grow_failure(true)
                 .build(),
             storage: grants.storage.clone(),
+            host_wait: Arc::default(),
         }
     }
 }
@@ -111,6 +115,7 @@ impl sql::Host for PluginState {
         statement: String,
         rows: Vec<Vec<sql::SqlValue>>,
     ) -> wasmtime::Result<Result<u64, PluginError>> {
+        let _waiting = self.host_wait.enter();
         Ok(write_through(
             self.storage.clone(),
             WriteOp::Execute {
@@ -127,6 +132,7 @@ impl sql::Host for PluginState {
         columns: Vec<String>,
         rows: Vec<Vec<sql::SqlValue>>,
     ) -> wasmtime::Result<Result<u64, PluginError>> {
+        let _waiting = self.host_wait.enter();
         Ok(write_through(
             self.storage.clone(),
             WriteOp::Copy {

@@ -1,14 +1,12 @@
 //! Supervision of one plugin instance: it owns the instance's `Store`, puts
-//! a hard deadline on every call, and after a trap, an overrun deadline or
-//! an exhausted memory limit drops the store (a trapped store is poisoned)
-//! and instantiates a fresh one after an exponential backoff. Nothing here
-//! knows which world the plugin implements: the caller passes the call.
-//!
-//! It also follows its plugin's current version: when a new one is
-//! published, the next call first starts and configures an instance of it
-//! and, if that works, drops the old one; otherwise the old one stays.
+//! a hard deadline on every call (on the plugin's own time, see
+//! `deadline`), and after a trap, an overrun deadline or an exhausted memory
+//! limit drops the store (a trapped store is poisoned) and instantiates a
+//! fresh one after an exponential backoff. Nothing here knows which world
+//! the plugin implements: the caller passes the call.
 
 use super::bindings::types::Error as PluginError;
+use super::deadline;
 use super::state::PluginState;
 use super::versions::{Swap, Version};
 use crate::manifest::ResolvedLimits;
@@ -147,22 +145,24 @@ impl<B: Send> Supervised<B> {
     ) -> Result<T, CallError> {
         self.start().await?;
         let (live, _) = self.live.as_mut().expect("ensure_live leaves an instance");
-        let outcome = tokio::time::timeout(
+        let host_wait = live.store.data().host_wait.clone();
+        let outcome = deadline::within(
             self.limits.call_timeout,
+            &host_wait,
             contain(call(&live.bindings, &mut live.store)),
         )
         .await;
         match outcome {
-            Ok(Ok(Ok(Ok(value)))) => Ok(value),
-            Ok(Ok(Ok(Err(error)))) => Err(CallError::Plugin(error)),
-            Ok(Err(panic)) => Err(self.crashed(panic)),
-            Ok(Ok(Err(trap))) => {
+            Some(Ok(Ok(Ok(value)))) => Ok(value),
+            Some(Ok(Ok(Err(error)))) => Err(CallError::Plugin(error)),
+            Some(Err(panic)) => Err(self.crashed(panic)),
+            Some(Ok(Err(trap))) => {
                 if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
                     self.interrupts += 1;
                 }
                 Err(self.crashed(self.explain_trap(&trap)))
             }
-            Err(_elapsed) => {
+            None => {
                 self.interrupts += 1;
                 Err(self.crashed(format!(
                     "call did not return within {} (call_timeout)",

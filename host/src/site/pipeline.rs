@@ -191,8 +191,8 @@ impl Site {
         let url = StorageUrl::parse(&section.url)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("sinks.{name}.url"))?;
-        let storage =
-            Storage::open(&url, &loaded.data_dir).with_context(|| format!("sinks.{name}.url"))?;
+        let storage = Storage::open(&url, &loaded.data_dir, section.write_timeout)
+            .with_context(|| format!("sinks.{name}.url"))?;
         let spec = InstanceSpec {
             name: format!("sinks.{name}").into(),
             limits: section.limits.resolve(&manifest.plugins.limits),

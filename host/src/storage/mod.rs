@@ -153,9 +153,17 @@ pub enum Storage {
 impl Storage {
     /// Opens lazily for PostgreSQL (the server may come up later) and at once
     /// for SQLite (a bad path should fail start-up).
-    pub fn open(url: &StorageUrl, data_dir: &Path) -> anyhow::Result<Self> {
+    /// `write_timeout` bounds a PostgreSQL write or commit (SQLite is local
+    /// and waits on its own busy timeout).
+    pub fn open(
+        url: &StorageUrl,
+        data_dir: &Path,
+        write_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(match url {
-            StorageUrl::Postgres(url) => Self::Postgres(postgres::PostgresStorage::new(url)?),
+            StorageUrl::Postgres(url) => {
+                Self::Postgres(postgres::PostgresStorage::new(url, write_timeout)?)
+            }
             StorageUrl::Sqlite(path) => {
                 Self::Sqlite(sqlite::SqliteStorage::open(&data_dir.join(path))?)
             }

@@ -27,6 +27,7 @@ pub struct PostgresStorage {
     config: Arc<tokio_postgres::Config>,
     display_url: String,
     connection: Arc<Mutex<Option<Connection>>>,
+    write_timeout: Duration,
 }
 
 struct Connection {
@@ -42,7 +43,8 @@ struct Connection {
 type Slot<'a> = MutexGuard<'a, Option<Connection>>;
 
 impl PostgresStorage {
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    /// `write_timeout` bounds each write and commit (see `bounded`).
+    pub fn new(url: &str, write_timeout: Duration) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("omh-host");
@@ -52,18 +54,24 @@ impl PostgresStorage {
             config: Arc::new(config),
             display_url: redact(url),
             connection: Arc::default(),
+            write_timeout,
         })
     }
 
     pub async fn write(&self, op: WriteOp) -> Result<u64, StorageError> {
         let mut slot = self.connection.lock().await;
+        let written = tokio::time::timeout(self.write_timeout, self.write_in(&mut slot, op)).await;
+        self.bounded(&mut slot, written)
+    }
+
+    async fn write_in(&self, slot: &mut Slot<'_>, op: WriteOp) -> Result<u64, StorageError> {
         let in_batch = slot.as_ref().is_some_and(|c| c.batch.is_some());
         if !in_batch {
-            self.ensure_connected(&mut slot).await?;
-            let result = slot_connection(&mut slot)?.begin().await;
-            forget_if_broken(&mut slot, result)?;
+            self.ensure_connected(slot).await?;
+            let result = slot_connection(slot)?.begin().await;
+            forget_if_broken(slot, result)?;
         }
-        let connection = slot_connection(&mut slot)?;
+        let connection = slot_connection(slot)?;
         let result = connection.write(&op).await;
         if let (Err(error), Some(batch_error)) = (&result, &mut connection.batch) {
             batch_error.get_or_insert(error.to_string());
@@ -77,7 +85,7 @@ impl PostgresStorage {
             }
             result => result,
         };
-        forget_if_broken(&mut slot, result)
+        forget_if_broken(slot, result)
     }
 
     pub async fn committed_position(
@@ -105,8 +113,31 @@ impl PostgresStorage {
 
     pub async fn commit_batch(&self, progress: Progress<'_>) -> Result<(), StorageError> {
         let mut slot = self.connection.lock().await;
-        let result = slot_connection(&mut slot)?.finish(Some(progress)).await;
-        forget_if_broken(&mut slot, result)
+        let committed = tokio::time::timeout(self.write_timeout, async {
+            let result = slot_connection(&mut slot)?.finish(Some(progress)).await;
+            forget_if_broken(&mut slot, result)
+        })
+        .await;
+        self.bounded(&mut slot, committed)
+    }
+
+    /// The outcome of a write or commit given at most `write_timeout`. One
+    /// that took longer (the table locked, the server stalled) leaves the
+    /// connection in an unknown state: it is dropped, which rolls its
+    /// transaction back, and the write fails as retryable.
+    fn bounded<T>(
+        &self,
+        slot: &mut Slot<'_>,
+        outcome: Result<Result<T, StorageError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StorageError> {
+        outcome.unwrap_or_else(|_| {
+            **slot = None;
+            Err(StorageError::Unreachable(format!(
+                "{} did not finish a write within {} (write_timeout); reconnecting",
+                self.display_url,
+                humantime::format_duration(self.write_timeout)
+            )))
+        })
     }
 
     pub async fn rollback_batch(&self) {
