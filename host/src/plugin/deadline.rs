@@ -71,35 +71,40 @@ pub async fn within<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::sleep;
 
-    #[tokio::test(start_paused = true)]
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
     async fn waiting_in_the_host_extends_the_deadline_and_own_time_does_not() {
+        let deadline = 300 * MS;
+        // 100 ms of its own, 600 ms in the host, 50 ms of its own: within.
         let wait = HostWait::default();
-        let deadline = Duration::from_secs(5);
-        // 3 s of its own, 20 s in the host, 1 s of its own: within 5 s.
         let call = async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            sleep(100 * MS).await;
             {
                 let _waiting = wait.enter();
-                tokio::time::sleep(Duration::from_secs(20)).await;
+                sleep(600 * MS).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            sleep(50 * MS).await;
             "done"
         };
         assert_eq!(within(deadline, &wait, call).await, Some("done"));
-        assert_eq!(wait.total(), Duration::from_secs(20));
+        assert!(wait.total() >= 600 * MS);
 
-        // 2 s in the host, then 6 s of its own: over.
+        // 100 ms in the host, then 500 ms of its own: stopped once it has
+        // had 300 ms of its own, at about 400 ms.
         let wait = HostWait::default();
-        let started = tokio::time::Instant::now();
+        let started = std::time::Instant::now();
         let call = async {
             {
                 let _waiting = wait.enter();
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                sleep(100 * MS).await;
             }
-            tokio::time::sleep(Duration::from_secs(6)).await;
+            sleep(500 * MS).await;
         };
         assert_eq!(within(deadline, &wait, call).await, None);
-        assert_eq!(started.elapsed(), Duration::from_secs(7));
+        let elapsed = started.elapsed();
+        assert!((400 * MS..550 * MS).contains(&elapsed), "{elapsed:?}");
     }
 }
