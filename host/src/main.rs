@@ -169,7 +169,19 @@ fn require_manifest(manifest: Option<&Path>) -> anyhow::Result<&Path> {
 
 fn run(manifest: Option<&Path>) -> anyhow::Result<()> {
     let loaded = manifest::load(require_manifest(manifest)?)?;
+    raise_open_files_limit();
     tokio::runtime::Runtime::new()?.block_on(site::run(loaded))
+}
+
+/// Each MQTT client costs two sockets (its own and the gateway's link to
+/// rumqttd), so the usual soft limit of 1,024 open files would cap the
+/// broker near 500 clients. Raised to the hard limit, as nginx or Go
+/// programs do.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
 }
 
 fn check(manifest: Option<&Path>) -> anyhow::Result<()> {

@@ -39,7 +39,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     if let Err(error) = run(client, peer, shared).await {
-        tracing::debug!(%peer, error = format!("{error:#}"), "MQTT connection closed");
+        // A client sending more than the limit is misconfigured, not noise:
+        // worth a warning, where garbage from a scanner is not.
+        let oversized = error.chain().find_map(|cause| match cause.downcast_ref() {
+            Some(&rumqttd::protocol::Error::PayloadSizeLimitExceeded(size)) => Some(size),
+            _ => None,
+        });
+        match oversized {
+            Some(size) => tracing::warn!(
+                %peer, size, max_payload_size = shared.max_packet,
+                "MQTT packet larger than broker.max_payload_size; connection closed"
+            ),
+            None => tracing::debug!(%peer, error = format!("{error:#}"), "MQTT connection closed"),
+        }
     }
 }
 
