@@ -13,7 +13,7 @@ mod support;
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::time::Duration;
-use support::modbus::{CuttingProxy, Memory, ModbusServer, SILENT_SLAVE};
+use support::modbus::{Fault, FaultyProxy, Memory, ModbusServer, SILENT_SLAVE};
 use support::site::{Collector, RunningSite, free_port, manifest_header, plugins_dir, wait_for};
 use tokio_modbus::prelude::Request;
 
@@ -367,7 +367,7 @@ tags = [
 async fn faults_cost_only_the_affected_tags() {
     let server = ModbusServer::start(Memory::default()).await;
     server.memory().holding_registers[0] = 7;
-    let proxy = CuttingProxy::start(server.addr).await;
+    let proxy = FaultyProxy::start(server.addr).await;
     let devices = format!(
         r#"
 [devices.cut]
@@ -446,7 +446,7 @@ tags = [
     )
     .await;
     let before_cut = mqtt.on("/neuron/omh/cut/g").len();
-    proxy.cut_next_reply();
+    proxy.spoil_next_reply(Fault::Cut);
     let after_cut = wait_for(
         Duration::from_secs(10),
         "the cut poll",
@@ -478,4 +478,68 @@ tags = [
         .filter(|line| line.contains("devices.silent") && line.contains("not answering"))
         .count();
     assert_eq!(silent_lines, 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_or_late_replies_cost_one_poll_and_never_publish_a_wrong_value() {
+    let server = ModbusServer::start(Memory::default()).await;
+    server.memory().holding_registers[0] = 7;
+    let proxy = FaultyProxy::start(server.addr).await;
+    let devices = format!(
+        r#"
+[devices.garbled]
+driver = "modbus-tcp"
+endpoint = "{proxy}"
+settings = {{ timeout_ms = 300 }}
+[devices.garbled.groups.g]
+interval = "100ms"
+tags = [ {{ name = "v", address = "1!40001", type = "uint16" }} ]
+"#,
+        proxy = proxy.addr,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "/neuron/omh/garbled/g";
+    let (mut site, mqtt, _) = start_site(&dir, &devices, &[topic]);
+    let good = |m: &Value| m["values"]["v"] == 7;
+    wait_for(
+        Duration::from_secs(10),
+        "values through the proxy",
+        &mut site,
+        async |_| mqtt.last_on(topic).filter(good),
+    )
+    .await;
+
+    // Garbage is a protocol error (-3), a late answer a timeout (-2).
+    let faults = Fault::GARBAGE.map(|fault| (fault, -3));
+    for (fault, expected) in faults.into_iter().chain([(Fault::Late, -2)]) {
+        let before = mqtt.on(topic).len();
+        proxy.spoil_next_reply(fault);
+        // The spoiled poll's tag is bad, and the poll after it good again:
+        // the driver dropped the connection, so nothing of the spoiled
+        // exchange can be taken for the next one's answer.
+        let code = wait_for(
+            Duration::from_secs(10),
+            &format!("a bad poll and then a good one after {fault:?}"),
+            &mut site,
+            async |_| {
+                let messages = mqtt.on(topic);
+                let bad = messages[before..]
+                    .iter()
+                    .position(|m| m["errors"].get("v").is_some())?;
+                let code = messages[before + bad]["errors"]["v"].as_i64();
+                messages[before + bad..].iter().any(good).then_some(code)
+            },
+        )
+        .await;
+        assert_eq!(code, Some(expected), "{fault:?}");
+        println!("{fault:?}: that poll's tag had error {expected}, then good again");
+    }
+    // Never a value that was not in the register.
+    for message in mqtt.on(topic) {
+        assert!(
+            good(&message) || message["values"].as_object().unwrap().is_empty(),
+            "{message}"
+        );
+    }
+    site.assert_alive();
 }

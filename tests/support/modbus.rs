@@ -1,9 +1,10 @@
 //! An independent Modbus TCP server (tokio-modbus, not the host's simulator)
 //! holding the four data areas in memory and recording every write, and a
-//! TCP proxy in front of it that can cut the connection mid-exchange.
+//! TCP proxy in front of it that can cut the connection mid-exchange or
+//! spoil a reply.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -147,39 +148,87 @@ impl ModbusServer {
     }
 }
 
-/// A TCP proxy to a server that, once told to, closes the client's
-/// connection instead of passing on the next reply: the device dropping
-/// the connection in the middle of a poll.
-pub struct CuttingProxy {
-    pub addr: SocketAddr,
-    cut_next_reply: Arc<AtomicBool>,
+/// What a `FaultyProxy` does to the next reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    None = 0,
+    /// Close the client's connection instead of passing it on: the device
+    /// dropping the connection in the middle of a poll.
+    Cut,
+    /// Every byte flipped: noise.
+    Noise,
+    /// Another transaction id than the request's.
+    WrongTransaction,
+    /// An MBAP length beyond any Modbus frame.
+    HugeLength,
+    /// Another function code than the request's.
+    WrongFunction,
+    /// Sent, correct, a second late: beyond any test's timeout.
+    Late,
 }
 
-impl CuttingProxy {
+impl Fault {
+    pub const GARBAGE: [Fault; 4] = [
+        Fault::Noise,
+        Fault::WrongTransaction,
+        Fault::HugeLength,
+        Fault::WrongFunction,
+    ];
+
+    fn from_u8(value: u8) -> Self {
+        [Self::None, Self::Cut, Self::Late]
+            .into_iter()
+            .chain(Self::GARBAGE)
+            .find(|fault| *fault as u8 == value)
+            .unwrap_or(Self::None)
+    }
+
+    /// The reply as the faulty device sends it; `None` to cut.
+    fn apply(self, reply: &mut Vec<u8>) -> Option<()> {
+        match self {
+            Fault::None | Fault::Late => {}
+            Fault::Cut => return None,
+            Fault::Noise => reply.iter_mut().for_each(|byte| *byte ^= 0x5A),
+            Fault::WrongTransaction => reply[1] = reply[1].wrapping_add(1),
+            Fault::HugeLength => reply[4..6].copy_from_slice(&0xFFF0u16.to_be_bytes()),
+            Fault::WrongFunction => reply[7] = if reply[7] == 0x03 { 0x04 } else { 0x03 },
+        }
+        Some(())
+    }
+}
+
+/// A TCP proxy to a server that, once told to, spoils the next reply (see
+/// [`Fault`]).
+pub struct FaultyProxy {
+    pub addr: SocketAddr,
+    next_fault: Arc<AtomicU8>,
+}
+
+impl FaultyProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cut_next_reply = Arc::new(AtomicBool::new(false));
-        let cut = cut_next_reply.clone();
+        let next_fault = Arc::new(AtomicU8::new(Fault::None as u8));
+        let fault = next_fault.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let server = TcpStream::connect(upstream).await.unwrap();
-                tokio::spawn(relay(client, server, cut.clone()));
+                tokio::spawn(relay(client, server, fault.clone()));
             }
         });
-        Self {
-            addr,
-            cut_next_reply,
-        }
+        Self { addr, next_fault }
     }
 
-    pub fn cut_next_reply(&self) {
-        self.cut_next_reply.store(true, Ordering::SeqCst);
+    pub fn spoil_next_reply(&self, fault: Fault) {
+        self.next_fault.store(fault as u8, Ordering::SeqCst);
     }
 }
 
 /// Relays both ways until either side closes, or a reply is to be cut.
-async fn relay(client: TcpStream, server: TcpStream, cut: Arc<AtomicBool>) {
+/// Each read of the server is one reply (one request is in flight at a
+/// time, and a reply is far smaller than the read buffer).
+async fn relay(client: TcpStream, server: TcpStream, fault: Arc<AtomicU8>) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let requests = tokio::io::copy(&mut client_read, &mut server_write);
@@ -187,10 +236,18 @@ async fn relay(client: TcpStream, server: TcpStream, cut: Arc<AtomicBool>) {
         let mut buffer = [0u8; 512];
         loop {
             let read = server_read.read(&mut buffer).await?;
-            if read == 0 || cut.swap(false, Ordering::SeqCst) {
+            if read == 0 {
                 return Ok::<_, std::io::Error>(());
             }
-            client_write.write_all(&buffer[..read]).await?;
+            let mut reply = buffer[..read].to_vec();
+            let fault = Fault::from_u8(fault.swap(Fault::None as u8, Ordering::SeqCst));
+            if fault.apply(&mut reply).is_none() {
+                return Ok(());
+            }
+            if fault == Fault::Late {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            client_write.write_all(&reply).await?;
         }
     };
     tokio::select! {
