@@ -356,3 +356,33 @@ async fn host_memory_stays_flat_across_a_thousand_plugin_restarts() {
     );
     site.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_logging_in_a_loop_gets_a_bounded_share_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10,000 lines of 10 KB in every poll, every 100 ms.
+    let (mut site, mqtt) = misbehaving_site(
+        dir.path(),
+        r#"{ mode = "chatty", after = 0 }"#,
+        "{}",
+        "100ms",
+    );
+    mqtt.wait_for_more(&mut site, "/neuron/omh/d/g", 20).await;
+    let log = site.log();
+    let chatter: Vec<&str> = log.lines().filter(|l| l.contains("chatter")).collect();
+    let longest = chatter.iter().map(|l| l.len()).max().unwrap_or(0);
+    println!(
+        "chatty plugin: {} of its lines logged over 20+ polls (200,000+ sent), longest {longest} bytes; log {} KiB",
+        chatter.len(),
+        log.len() >> 10
+    );
+    // A burst of 100, then 20 a second.
+    assert!(
+        (100..400).contains(&chatter.len()),
+        "{} lines",
+        chatter.len()
+    );
+    assert!(longest < 4400, "lines are cut at 4 KiB: {longest}");
+    assert!(log.contains("plugin logs too much; lines dropped"), "{log}");
+    site.assert_alive();
+}

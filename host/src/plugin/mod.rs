@@ -6,6 +6,7 @@ pub mod catalog;
 mod deadline;
 pub mod engine;
 pub mod inspect;
+mod log_budget;
 pub mod reload;
 pub mod runtime;
 pub mod state;

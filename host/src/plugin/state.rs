@@ -5,6 +5,7 @@
 use super::bindings::sink::omh::plugin::{clock, logging, sql};
 use super::bindings::types::Error as PluginError;
 use super::deadline::HostWait;
+use super::log_budget::{self, LogBudget, Verdict};
 use crate::storage::{SqlValue, Storage, StorageError, WriteOp};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct PluginState {
     storage: Option<Storage>,
     /// Time spent waiting on `storage`: not the plugin's time.
     pub(super) host_wait: Arc<HostWait>,
+    log_budget: LogBudget,
 }
 
 impl PluginState {
@@ -63,6 +65,7 @@ impl PluginState {
                 .build(),
             storage: grants.storage.clone(),
             host_wait: Arc::default(),
+            log_budget: LogBudget::default(),
         }
     }
 }
@@ -83,13 +86,20 @@ impl logging::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        let Verdict::Log { suppressed } = self.log_budget.admit() else {
+            return Ok(());
+        };
+        let plugin = &*self.instance;
+        if suppressed > 0 {
+            tracing::warn!(plugin, suppressed, "plugin logs too much; lines dropped");
+        }
         // Plugin fields are dynamic, tracing's are static: append them to
         // the message as `key=value`, as logfmt readers expect.
         let mut line = message;
         for (key, value) in &fields {
             line.push_str(&format!(" {key}={value}"));
         }
-        let plugin = &*self.instance;
+        let line = log_budget::cut(line);
         match level {
             logging::Level::Trace => tracing::trace!(plugin, "{line}"),
             logging::Level::Debug => tracing::debug!(plugin, "{line}"),

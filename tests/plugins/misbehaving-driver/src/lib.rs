@@ -1,9 +1,10 @@
 //! A driver that misbehaves on purpose, for the host's isolation tests.
 //!
-//! Settings: `{"mode": "trap" | "hang" | "oom" | "flood" | "ok", "after": N}`. The
-//! first `after` (default 2) polls each return one good reading (the group's
-//! first tag, valued with the poll count); every later poll misbehaves as
-//! `mode` says, so tests can see healthy data before the failure.
+//! Settings: `{"mode": "trap" | "hang" | "oom" | "flood" | "chatty" | "ok",
+//! "after": N}`. The first `after` (default 2) polls each return one good
+//! reading (the group's first tag, valued with the poll count); every later
+//! poll misbehaves as `mode` says, so tests can see healthy data before the
+//! failure.
 //!
 //! `{"mode": "escape", "target": "ip:port"}` instead tries, on every poll, to
 //! connect to `target` (first tag) and to its own endpoint (second tag), so a
@@ -28,6 +29,8 @@ enum Mode {
     /// Returns a million readings: the group's first tag, then tags the
     /// group does not have and the first tag again, alternating.
     Flood,
+    /// Logs 10,000 lines of 10 KB in every poll, then reads as `ok`.
+    Chatty,
     /// Keeps returning good readings.
     Ok,
     /// Tries to connect to `target` as well as to its endpoint.
@@ -157,6 +160,12 @@ impl MisbehavingDriver {
 fn misbehave(mode: Mode) {
     match mode {
         Mode::Ok | Mode::Escape | Mode::Flood => {}
+        Mode::Chatty => {
+            let line = "chatter ".repeat(1250);
+            for _ in 0..10_000 {
+                omh_sdk::log(omh_sdk::Level::Info, &line, &[]);
+            }
+        }
         Mode::Trap => panic!("misbehaving-driver: trapping on purpose"),
         Mode::Hang => {
             let mut spins = 0u64;
