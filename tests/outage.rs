@@ -160,6 +160,26 @@ fn assert_no_duplicates(stored: &[Point]) {
     );
 }
 
+/// After a fault has passed: waits for the sink to catch up, stops the
+/// host cleanly, and checks that every witnessed point is stored once.
+async fn catch_up_and_count(plant: &Plant, mut site: RunningSite, witness: &Collector, test: &str) {
+    plant.wait_for_catch_up(&mut site, witnessed(witness)).await;
+    assert!(
+        site.terminate().success(),
+        "clean exit; log:\n{}",
+        site.log()
+    );
+    let stored = plant.stored().await;
+    assert_no_duplicates(&stored);
+    let stored: HashSet<Point> = stored.into_iter().collect();
+    let missing = witnessed(witness).difference(&stored).count();
+    assert_eq!(missing, 0, "{missing} witnessed points not stored");
+    eprintln!(
+        "{test}: {} points stored, 0 missing, 0 duplicated",
+        stored.len()
+    );
+}
+
 async fn wait_until_flowing(plant: &Plant, site: &mut RunningSite) {
     wait_for(
         Duration::from_secs(20),
@@ -300,24 +320,7 @@ async fn a_table_locked_for_a_while_loses_and_duplicates_nothing() {
         site.log()
     );
     locker.batch_execute("COMMIT").await.unwrap();
-    plant
-        .wait_for_catch_up(&mut site, witnessed(&witness))
-        .await;
-    assert!(
-        site.terminate().success(),
-        "clean exit; log:\n{}",
-        site.log()
-    );
-
-    let stored = plant.stored().await;
-    assert_no_duplicates(&stored);
-    let stored: HashSet<Point> = stored.into_iter().collect();
-    let missing = witnessed(&witness).difference(&stored).count();
-    assert_eq!(missing, 0, "{missing} witnessed points not stored");
-    eprintln!(
-        "lock test: {} points stored, 0 missing, 0 duplicated",
-        stored.len()
-    );
+    catch_up_and_count(&plant, site, &witness, "lock test").await;
 }
 
 /// A tmpfs mounted over a directory for the test's lifetime.
@@ -382,22 +385,5 @@ async fn a_full_disk_under_the_buffer_loses_and_duplicates_nothing() {
         site.log()
     );
     std::fs::remove_file(filler).unwrap();
-    plant
-        .wait_for_catch_up(&mut site, witnessed(&witness))
-        .await;
-    assert!(
-        site.terminate().success(),
-        "clean exit; log:\n{}",
-        site.log()
-    );
-
-    let stored = plant.stored().await;
-    assert_no_duplicates(&stored);
-    let stored: HashSet<Point> = stored.into_iter().collect();
-    let missing = witnessed(&witness).difference(&stored).count();
-    assert_eq!(missing, 0, "{missing} witnessed points not stored");
-    eprintln!(
-        "full-disk test: {} points stored, 0 missing, 0 duplicated",
-        stored.len()
-    );
+    catch_up_and_count(&plant, site, &witness, "full-disk test").await;
 }
