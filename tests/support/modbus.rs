@@ -185,7 +185,7 @@ impl Fault {
     }
 
     /// The reply as the faulty device sends it; `None` to cut.
-    fn apply(self, reply: &mut Vec<u8>) -> Option<()> {
+    fn apply(self, reply: &mut [u8]) -> Option<()> {
         match self {
             Fault::None | Fault::Late => {}
             Fault::Cut => return None,

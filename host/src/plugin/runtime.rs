@@ -305,7 +305,7 @@ mod tests {
             .unwrap();
 
         let outcome = contain(api.call_read_group(&mut store, "g")).await;
-        let error = outcome.err().expect("the panic is caught");
+        let error = outcome.expect_err("the panic is caught");
         assert_eq!(
             error,
             "the host panicked serving the plugin: the clock broke"
