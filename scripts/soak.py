@@ -117,6 +117,17 @@ def polyline(points, width, height, x_max, y_max, colour):
     return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
 
 
+def slope(points):
+    """Least-squares slope of (x, y) points; 0 for fewer than two."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+
+
 def report(out):
     with open(os.path.join(out, "soak.csv")) as f:
         samples = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -128,6 +139,10 @@ def report(out):
     mean_cpu = sum(s["cpu_percent"] for s in samples) / len(samples)
     minutes = (last["elapsed_s"] - first["elapsed_s"]) / 60 or 1
     growth = (last["rss_mib"] - first["rss_mib"]) / minutes
+    # The broker's in-memory log fills for the first minutes of a run; what
+    # says "no growth" is the trend once it is full: the second half's.
+    second_half = [s for s in samples if s["elapsed_s"] >= samples[-1]["elapsed_s"] / 2]
+    late_trend = slope([(s["elapsed_s"] / 60, s["rss_mib"]) for s in second_half])
     width, height = 800, 300
     x_max = samples[-1]["elapsed_s"] or 1
     svg = [
@@ -145,6 +160,8 @@ def report(out):
     print(
         f"soak: {len(samples)} samples over {x_max / 60:.1f} min; RSS after warm-up "
         f"{first['rss_mib']:.1f} -> {last['rss_mib']:.1f} MiB ({growth:+.2f} MiB/min), "
+        f"second half {min(s['rss_mib'] for s in second_half):.1f}-"
+        f"{max(s['rss_mib'] for s in second_half):.1f} MiB (trend {late_trend:+.3f} MiB/min), "
         f"peak {peak:.1f} MiB; CPU mean {mean_cpu:.1f}% of one core; "
         f"{int(last['rows'])} rows stored; plot {out}/soak.svg"
     )
