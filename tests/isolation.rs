@@ -293,7 +293,8 @@ async fn a_driver_returning_a_million_readings_publishes_one_per_tag() {
     let (mut site, mqtt) = misbehaving_site(
         dir.path(),
         r#"{ mode = "flood", after = 1 }"#,
-        r#"{ memory_limit = "256MiB" }"#,
+        // Lifting them takes a while in a debug build on a slow machine.
+        r#"{ memory_limit = "256MiB", call_timeout = "30s" }"#,
         "500ms",
     );
     let rss = support::proc::RssSampler::start(site.pid());
@@ -367,7 +368,9 @@ async fn a_plugin_logging_in_a_loop_gets_a_bounded_share_of_the_log() {
         "{}",
         "100ms",
     );
+    let started = std::time::Instant::now();
     mqtt.wait_for_more(&mut site, "/neuron/omh/d/g", 20).await;
+    let seconds = started.elapsed().as_secs_f64() + 2.0;
     let log = site.log();
     let chatter: Vec<&str> = log.lines().filter(|l| l.contains("chatter")).collect();
     let longest = chatter.iter().map(|l| l.len()).max().unwrap_or(0);
@@ -376,10 +379,11 @@ async fn a_plugin_logging_in_a_loop_gets_a_bounded_share_of_the_log() {
         chatter.len(),
         log.len() >> 10
     );
-    // A burst of 100, then 20 a second.
+    // A burst of 100, then 20 a second (the start-up counted in).
+    let allowed = 100.0 + 20.0 * seconds;
     assert!(
-        (100..400).contains(&chatter.len()),
-        "{} lines",
+        chatter.len() >= 100 && chatter.len() as f64 <= allowed,
+        "{} lines in about {seconds:.0} s",
         chatter.len()
     );
     assert!(longest < 4400, "lines are cut at 4 KiB: {longest}");

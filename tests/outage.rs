@@ -310,7 +310,8 @@ async fn a_table_locked_for_a_while_loses_and_duplicates_nothing() {
     tokio::time::sleep(OUTAGE).await;
     site.assert_alive();
     assert!(
-        site.log().contains("(write_timeout); reconnecting"),
+        site.log()
+            .contains("(write_timeout); cancelled, reconnecting"),
         "the wait is reported as the database's; log:\n{}",
         site.log()
     );
@@ -318,6 +319,21 @@ async fn a_table_locked_for_a_while_loses_and_duplicates_nothing() {
         !site.log().contains("plugin crashed"),
         "a slow database is not a plugin crash; log:\n{}",
         site.log()
+    );
+    // Timed-out writes are cancelled, not left waiting on the lock: at
+    // most the current one is.
+    let waiting: i64 = locker
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'omh-host' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        waiting <= 1,
+        "{waiting} omh-host writes waiting on the lock"
     );
     locker.batch_execute("COMMIT").await.unwrap();
     catch_up_and_count(&plant, site, &witness, "lock test").await;

@@ -184,8 +184,12 @@ impl Fault {
             .unwrap_or(Self::None)
     }
 
-    /// The reply as the faulty device sends it; `None` to cut.
+    /// The reply as the faulty device sends it; `None` to cut. A read too
+    /// short to hold a reply's header and function code passes unspoiled.
     fn apply(self, reply: &mut [u8]) -> Option<()> {
+        if reply.len() < 8 {
+            return (self != Fault::Cut).then_some(());
+        }
         match self {
             Fault::None | Fault::Late => {}
             Fault::Cut => return None,

@@ -39,8 +39,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     if let Err(error) = run(client, peer, shared).await {
-        // A client sending more than the limit is misconfigured, not noise:
-        // worth a warning, where garbage from a scanner is not.
+        // A connected client sending more than the limit is misconfigured,
+        // not noise: worth a warning, where garbage from a scanner is not.
         let oversized = error.chain().find_map(|cause| match cause.downcast_ref() {
             Some(&rumqttd::protocol::Error::PayloadSizeLimitExceeded(size)) => Some(size),
             _ => None,
@@ -65,7 +65,10 @@ where
         read_frame(&mut client, &mut inbound, shared.max_packet),
     )
     .await
-    .context("no CONNECT in time")??;
+    .context("no CONNECT in time")?
+    // Before CONNECT, an oversized length is a scanner's noise: not the
+    // error that earns a warning (see `serve`).
+    .map_err(|error| anyhow::anyhow!("before CONNECT: {error}"))?;
     let Some(first) = first else {
         return Ok(());
     };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// Shortest poll interval accepted: below it a Modbus device cannot answer.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 /// A plugin instance needs a few pages of stack and heap to start at all.
 const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 
@@ -326,8 +327,21 @@ fn check_limits(at: &str, limits: &Limits, problems: &mut Problems) {
     if limits.restart_backoff == Some(Duration::ZERO) {
         problems.add(
             format!("{at}.restart_backoff"),
-            "0s would restart a crashing plugin in a busy loop; the least is 1ms".into(),
+            "0s would restart a crashing plugin in a busy loop".into(),
         );
+    }
+    for (key, value) in [
+        ("restart_backoff", limits.restart_backoff),
+        ("restart_backoff_max", limits.restart_backoff_max),
+    ] {
+        if let Some(value) = value
+            && value > MAX_RESTART_BACKOFF
+        {
+            problems.add(
+                format!("{at}.{key}"),
+                format!("{} is longer than a day", humantime::format_duration(value)),
+            );
+        }
     }
     if let (Some(first), Some(max)) = (limits.restart_backoff, limits.restart_backoff_max)
         && max < first

@@ -86,6 +86,18 @@ impl logging::Host for PluginState {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        // Lines the filter would discard must not use up the budget that
+        // the plugin's warnings and errors need.
+        let enabled = match level {
+            logging::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            logging::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            logging::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            logging::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            logging::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            return Ok(());
+        }
         let Verdict::Log { suppressed } = self.log_budget.admit() else {
             return Ok(());
         };

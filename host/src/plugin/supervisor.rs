@@ -306,7 +306,9 @@ impl<B: Send> Supervised<B> {
             self.backoff = self.limits.restart_backoff;
         }
         let delay = self.backoff;
-        self.backoff = (self.backoff * 2)
+        self.backoff = self
+            .backoff
+            .saturating_mul(2)
             .min(self.limits.restart_backoff_max)
             .max(self.limits.restart_backoff);
         self.retry_at = Some((Instant::now() + delay, reason.clone()));

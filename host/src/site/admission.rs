@@ -56,8 +56,9 @@ impl Admission {
         }
     }
 
-    /// Keeps the first reading or error of each declared tag; drops the
-    /// rest, with a warning at most once a minute.
+    /// Keeps the first reading of each declared tag and, for a tag without
+    /// one, its first error; drops the rest, with a warning at most once a
+    /// minute.
     pub fn admit(&mut self, device: &str, group: &str, data: GroupData) -> Admitted {
         self.seen.fill(false);
         let wanted = self.tags.len();

@@ -13,6 +13,7 @@ use futures::future::try_join_all;
 use std::collections::HashMap;
 use std::error::Error;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -27,6 +28,11 @@ pub struct PostgresStorage {
     config: Arc<tokio_postgres::Config>,
     display_url: String,
     connection: Arc<Mutex<Option<Connection>>>,
+    /// Set when the connection of an open batch was lost: the batch's
+    /// earlier writes are gone with its transaction, so later writes of the
+    /// batch must fail too (not commit on their own) until it is rolled
+    /// back or begun again.
+    batch_lost: Arc<AtomicBool>,
     write_timeout: Duration,
 }
 
@@ -43,7 +49,7 @@ struct Connection {
 type Slot<'a> = MutexGuard<'a, Option<Connection>>;
 
 impl PostgresStorage {
-    /// `write_timeout` bounds each write and commit (see `bounded`).
+    /// `write_timeout` bounds each write (see `bounded`).
     pub fn new(url: &str, write_timeout: Duration) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = url.parse()?;
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -54,12 +60,18 @@ impl PostgresStorage {
             config: Arc::new(config),
             display_url: redact(url),
             connection: Arc::default(),
+            batch_lost: Arc::default(),
             write_timeout,
         })
     }
 
     pub async fn write(&self, op: WriteOp) -> Result<u64, StorageError> {
         let mut slot = self.connection.lock().await;
+        if self.batch_lost.load(Ordering::Relaxed) {
+            return Err(StorageError::Unreachable(
+                "the connection was lost during this batch; the batch will be retried".into(),
+            ));
+        }
         let written = tokio::time::timeout(self.write_timeout, self.write_in(&mut slot, op)).await;
         self.bounded(&mut slot, written)
     }
@@ -69,7 +81,7 @@ impl PostgresStorage {
         if !in_batch {
             self.ensure_connected(slot).await?;
             let result = slot_connection(slot)?.begin().await;
-            forget_if_broken(slot, result)?;
+            self.forget_if_broken(slot, result)?;
         }
         let connection = slot_connection(slot)?;
         let result = connection.write(&op).await;
@@ -85,7 +97,7 @@ impl PostgresStorage {
             }
             result => result,
         };
-        forget_if_broken(slot, result)
+        self.forget_if_broken(slot, result)
     }
 
     pub async fn committed_position(
@@ -101,47 +113,78 @@ impl PostgresStorage {
             .await
             .map(|row| position_for(row.map(|r| (r.get(0), r.get(1))), buffer_id))
             .map_err(classify);
-        forget_if_broken(&mut slot, result)
+        self.forget_if_broken(&mut slot, result)
     }
 
     pub async fn begin_batch(&self) -> Result<(), StorageError> {
         let mut slot = self.connection.lock().await;
+        self.batch_lost.store(false, Ordering::Relaxed);
         self.ensure_connected(&mut slot).await?;
         let result = slot_connection(&mut slot)?.begin().await;
-        forget_if_broken(&mut slot, result)
+        self.forget_if_broken(&mut slot, result)
     }
 
+    /// Not under `write_timeout`: a COMMIT given up on may still happen on
+    /// the server after the sink has read its old position again, and the
+    /// batch would then be stored twice.
     pub async fn commit_batch(&self, progress: Progress<'_>) -> Result<(), StorageError> {
         let mut slot = self.connection.lock().await;
-        let committed = tokio::time::timeout(self.write_timeout, async {
-            let result = slot_connection(&mut slot)?.finish(Some(progress)).await;
-            forget_if_broken(&mut slot, result)
-        })
-        .await;
-        self.bounded(&mut slot, committed)
+        let result = slot_connection(&mut slot)?.finish(Some(progress)).await;
+        self.forget_if_broken(&mut slot, result)
     }
 
-    /// The outcome of a write or commit given at most `write_timeout`. One
-    /// that took longer (the table locked, the server stalled) leaves the
-    /// connection in an unknown state: it is dropped, which rolls its
-    /// transaction back, and the write fails as retryable.
+    /// The outcome of a write given at most `write_timeout`. One that took
+    /// longer (the table locked, the server stalled) is cancelled on the
+    /// server, which rolls its transaction back (a dropped connection alone
+    /// would leave the server's process waiting on the lock), the
+    /// connection is dropped, and the write fails as retryable.
     fn bounded<T>(
         &self,
         slot: &mut Slot<'_>,
         outcome: Result<Result<T, StorageError>, tokio::time::error::Elapsed>,
     ) -> Result<T, StorageError> {
         outcome.unwrap_or_else(|_| {
-            **slot = None;
+            if let Some(connection) = slot.as_ref() {
+                let cancel = connection.client.cancel_token();
+                tokio::spawn(async move {
+                    if let Err(error) = cancel.cancel_query(NoTls).await {
+                        tracing::debug!(%error, "cannot cancel a timed-out write");
+                    }
+                });
+            }
+            self.forget(slot);
             Err(StorageError::Unreachable(format!(
-                "{} did not finish a write within {} (write_timeout); reconnecting",
+                "{} did not finish a write within {} (write_timeout); cancelled, reconnecting",
                 self.display_url,
                 humantime::format_duration(self.write_timeout)
             )))
         })
     }
 
+    /// A half-dead connection must not be reused: the next call reconnects.
+    fn forget_if_broken<T>(
+        &self,
+        slot: &mut Slot<'_>,
+        result: Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        if let Err(StorageError::Unreachable(_)) = &result {
+            self.forget(slot);
+        }
+        result
+    }
+
+    fn forget(&self, slot: &mut Slot<'_>) {
+        if slot
+            .take()
+            .is_some_and(|connection| connection.batch.is_some())
+        {
+            self.batch_lost.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub async fn rollback_batch(&self) {
         let mut slot = self.connection.lock().await;
+        self.batch_lost.store(false, Ordering::Relaxed);
         if let Some(connection) = slot.as_mut() {
             connection.batch = None;
             if connection.client.batch_execute("ROLLBACK").await.is_err() {
@@ -188,17 +231,6 @@ impl PostgresStorage {
 fn slot_connection<'a>(slot: &'a mut Slot<'_>) -> Result<&'a mut Connection, StorageError> {
     slot.as_mut()
         .ok_or_else(|| StorageError::Unreachable("connection lost during the batch".into()))
-}
-
-/// A half-dead connection must not be reused: the next call reconnects.
-fn forget_if_broken<T>(
-    slot: &mut Slot<'_>,
-    result: Result<T, StorageError>,
-) -> Result<T, StorageError> {
-    if let Err(StorageError::Unreachable(_)) = &result {
-        **slot = None;
-    }
-    result
 }
 
 impl Connection {
