@@ -12,6 +12,7 @@ mod support;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::disk::SmallDisk;
 use support::postgres::{PgOptions, TestPostgres};
 use support::site::{Collector, RunningSite, free_port, manifest_header, plugins_dir, wait_for};
 
@@ -337,46 +338,6 @@ async fn a_table_locked_for_a_while_loses_and_duplicates_nothing() {
     );
     locker.batch_execute("COMMIT").await.unwrap();
     catch_up_and_count(&plant, site, &witness, "lock test").await;
-}
-
-/// A tmpfs mounted over a directory for the test's lifetime.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// `None` where mounting is not permitted (not root, or a container
-    /// without CAP_SYS_ADMIN).
-    fn mount(dir: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|status| status.success());
-        mounted.then(|| Self(dir.to_path_buf()))
-    }
-
-    /// Fills the disk with a file until writing fails; returns the file.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 64 << 10];
-        while file
-            .write_all(&chunk)
-            .and_then(|()| file.sync_data())
-            .is_ok()
-        {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

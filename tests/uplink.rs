@@ -2,7 +2,7 @@
 //! published into the site's bus arrive upstream, all of them and in order,
 //! across a 20 s outage of the upstream broker; the host's retained status
 //! upstream says online, offline at a clean stop, and offline (the last
-//! will) after `kill -9`.
+//! will) after `kill -9`; and across a full disk under its buffer.
 
 mod support;
 
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::disk::SmallDisk;
 use support::mosquitto::Mosquitto;
 use support::mqtt::tls_chain;
 use support::site::{RunningSite, free_port, http_get, manifest_header, plugins_dir, wait_for};
@@ -189,50 +190,11 @@ async fn every_message_arrives_upstream_in_order_across_a_20s_outage() {
     counter.publish_for(Duration::from_secs(5)).await;
 
     let published = counter.next;
-    wait_for(
-        Duration::from_secs(5),
-        "the site's bus to acknowledge every publish",
-        &mut site,
-        async |_| (counter.acked.load(Ordering::Relaxed) == published).then_some(()),
-    )
-    .await;
-    // The uplink's backoff (1, 2, 4, 8, 16 s) reconnects within ~31 s of the loss.
-    let upstream_topic = format!("{PREFIX}{COUNTER_TOPIC}");
-    wait_for(
-        Duration::from_secs(60),
-        &format!("{published} messages upstream"),
-        &mut site,
-        async |_| {
-            let seen = upstream.on(&upstream_topic);
-            seen.last()
-                .is_some_and(|n| *n == (published - 1).to_string())
-                .then_some(())
-        },
-    )
-    .await;
-
-    // Every number, first arrivals in order; a number may come again only
-    // as part of a resent run (at least once), never out of sequence.
-    let seen: Vec<u64> = upstream
-        .on(&upstream_topic)
-        .iter()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    let mut next = 0;
-    let mut duplicates = 0;
-    for &n in &seen {
-        if n == next {
-            next += 1;
-        } else {
-            assert!(n < next, "{n} arrived before {next}: out of order");
-            duplicates += 1;
-        }
-    }
-    assert_eq!(next, published, "every message arrives upstream");
+    wait_until_upstream_has_all(&mut site, &counter, &upstream).await;
+    let (received, duplicates) = assert_every_number_in_order(&upstream, published);
     eprintln!(
-        "{published} messages published, {} received upstream ({duplicates} duplicates), \
+        "{published} messages published, {received} received upstream ({duplicates} duplicates), \
          {}s outage",
-        seen.len(),
         OUTAGE.as_secs()
     );
 
@@ -263,6 +225,96 @@ async fn every_message_arrives_upstream_in_order_across_a_20s_outage() {
     assert_eq!(log.matches("uplink connection lost").count(), 1, "{log}");
     assert_eq!(log.matches("uplink connected").count(), 2, "{log}");
     assert_eq!(log.matches("uplink cannot connect").count(), 0, "{log}");
+}
+
+/// Waits until the site's bus has acknowledged every publish of `counter`
+/// and the last of them has arrived upstream. The uplink's backoff (1, 2,
+/// 4, 8, 16 s) reconnects within ~31 s of a loss.
+async fn wait_until_upstream_has_all(
+    site: &mut RunningSite,
+    counter: &Counter,
+    upstream: &Upstream,
+) {
+    let published = counter.next;
+    wait_for(
+        Duration::from_secs(5),
+        "the site's bus to acknowledge every publish",
+        site,
+        async |_| (counter.acked.load(Ordering::Relaxed) == published).then_some(()),
+    )
+    .await;
+    let upstream_topic = format!("{PREFIX}{COUNTER_TOPIC}");
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{published} messages upstream"),
+        site,
+        async |_| {
+            let seen = upstream.on(&upstream_topic);
+            seen.last()
+                .is_some_and(|n| *n == (published - 1).to_string())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Every number `0..published` arrived upstream, first arrivals in order;
+/// a number may come again only as part of a resent run (at least once),
+/// never out of sequence. Returns (received, duplicates).
+fn assert_every_number_in_order(upstream: &Upstream, published: u64) -> (usize, u64) {
+    let seen: Vec<u64> = upstream
+        .on(&format!("{PREFIX}{COUNTER_TOPIC}"))
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let mut next = 0;
+    let mut duplicates = 0;
+    for &n in &seen {
+        if n == next {
+            next += 1;
+        } else {
+            assert!(n < next, "{n} arrived before {next}: out of order");
+            duplicates += 1;
+        }
+    }
+    assert_eq!(next, published, "every message arrives upstream");
+    (seen.len(), duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_upstream_across_a_full_disk_under_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data/uplink"), "4m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+        return;
+    };
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), "max_queued_messages 0");
+    let upstream = Upstream::connect(mosquitto.addr.port());
+    let (mut site, mqtt_port, _) = start_site(dir.path(), mosquitto.addr.port());
+    site.wait_for_log("uplink connected").await;
+    let mut counter = Counter::connect(mqtt_port);
+
+    counter.publish_for(Duration::from_secs(3)).await;
+    // Nothing can be appended to the uplink's buffer now; the bus holds the
+    // messages meanwhile.
+    let filler = disk.fill();
+    counter.publish_for(OUTAGE).await;
+    assert!(
+        site.log().contains("cannot append to the buffer"),
+        "the full disk is logged; log:\n{}",
+        site.log()
+    );
+    std::fs::remove_file(filler).unwrap();
+    counter.publish_for(Duration::from_secs(3)).await;
+
+    let published = counter.next;
+    wait_until_upstream_has_all(&mut site, &counter, &upstream).await;
+    let (received, duplicates) = assert_every_number_in_order(&upstream, published);
+    eprintln!(
+        "full disk under the uplink's buffer for {}s: {published} published, {received} received \
+         upstream ({duplicates} duplicates)",
+        OUTAGE.as_secs()
+    );
 }
 
 /// The retained status a subscriber connecting now sees.

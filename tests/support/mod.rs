@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod disk;
 pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;
