@@ -87,6 +87,14 @@ async fn misbehaving_plugins_restart_while_a_healthy_device_keeps_delivering() {
     )
     .await;
 
+    // The guest's panic message is in the host's log, under its name.
+    let log = site.log();
+    assert!(
+        log.lines().any(|line| line.contains("devices.trap")
+            && line.contains("stderr: ")
+            && line.contains("trapping on purpose")),
+        "{log}"
+    );
     // Each failure is named for what it was.
     let last_error = |mode: &str| {
         let mut errors: Vec<String> = mqtt
@@ -361,7 +369,8 @@ async fn host_memory_stays_flat_across_a_thousand_plugin_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_logging_in_a_loop_gets_a_bounded_share_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    // 10,000 lines of 10 KB in every poll, every 100 ms.
+    // 10,000 lines of 10 KB through `logging` and 1,000 to stderr in every
+    // poll, every 100 ms.
     let (mut site, mqtt) = misbehaving_site(
         dir.path(),
         r#"{ mode = "chatty", after = 0 }"#,
@@ -375,7 +384,7 @@ async fn a_plugin_logging_in_a_loop_gets_a_bounded_share_of_the_log() {
     let chatter: Vec<&str> = log.lines().filter(|l| l.contains("chatter")).collect();
     let longest = chatter.iter().map(|l| l.len()).max().unwrap_or(0);
     println!(
-        "chatty plugin: {} of its lines logged over 20+ polls (200,000+ sent), longest {longest} bytes; log {} KiB",
+        "chatty plugin: {} of its lines logged over 20+ polls (11,000 a poll sent), longest {longest} bytes; log {} KiB",
         chatter.len(),
         log.len() >> 10
     );
@@ -387,6 +396,10 @@ async fn a_plugin_logging_in_a_loop_gets_a_bounded_share_of_the_log() {
         chatter.len()
     );
     assert!(longest < 4400, "lines are cut at 4 KiB: {longest}");
+    assert!(
+        chatter.iter().any(|line| line.contains("stderr: chatter")),
+        "stderr shares the budget"
+    );
     assert!(log.contains("plugin logs too much; lines dropped"), "{log}");
     site.assert_alive();
 }

@@ -2,27 +2,31 @@
 //! at `MAX_LINE` bytes, and a token bucket allows bursts of `BURST` lines
 //! and `PER_SECOND` lines a second after that. A plugin logging in a loop
 //! would otherwise fill the disk under the host's log within its call
-//! deadline. Suppressed lines are counted, and the count is logged with the
-//! next line let through.
+//! deadline. Dropped lines are counted and reported, at most every
+//! `REPORT_EVERY`. The `logging` interface and the plugin's stderr share one
+//! budget.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 const BURST: f64 = 100.0;
 const PER_SECOND: f64 = 20.0;
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct LogBudget {
     tokens: f64,
     refilled_at: Instant,
-    suppressed: u64,
+    /// Dropped since the last report.
+    dropped: u64,
+    reported_at: Option<Instant>,
 }
 
 /// What to do with one line.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Log it; `suppressed` lines were dropped since the last one logged.
+enum Verdict {
+    /// Log it, after reporting `dropped` lines if that is not zero.
     Log {
-        suppressed: u64,
+        dropped: u64,
     },
     Drop,
 }
@@ -32,14 +36,25 @@ impl Default for LogBudget {
         Self {
             tokens: BURST,
             refilled_at: Instant::now(),
-            suppressed: 0,
+            dropped: 0,
+            reported_at: None,
         }
     }
 }
 
 impl LogBudget {
-    pub fn admit(&mut self) -> Verdict {
-        self.admit_at(Instant::now())
+    /// Whether `plugin` may log one more line now; first reports the lines
+    /// dropped before it, when it is time to.
+    pub fn pass(&mut self, plugin: &str) -> bool {
+        match self.admit_at(Instant::now()) {
+            Verdict::Drop => false,
+            Verdict::Log { dropped } => {
+                if dropped > 0 {
+                    tracing::warn!(plugin, dropped, "plugin logs too much; lines dropped");
+                }
+                true
+            }
+        }
     }
 
     fn admit_at(&mut self, now: Instant) -> Verdict {
@@ -47,12 +62,19 @@ impl LogBudget {
         self.tokens = (self.tokens + elapsed.as_secs_f64() * PER_SECOND).min(BURST);
         self.refilled_at = now;
         if self.tokens < 1.0 {
-            self.suppressed += 1;
+            self.dropped += 1;
             return Verdict::Drop;
         }
         self.tokens -= 1.0;
+        let due = self
+            .reported_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPORT_EVERY);
+        if self.dropped == 0 || !due {
+            return Verdict::Log { dropped: 0 };
+        }
+        self.reported_at = Some(now);
         Verdict::Log {
-            suppressed: std::mem::take(&mut self.suppressed),
+            dropped: std::mem::take(&mut self.dropped),
         }
     }
 }
@@ -75,20 +97,25 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_burst_then_a_steady_rate_and_the_dropped_are_counted() {
+    fn a_burst_then_a_steady_rate_and_the_dropped_reported_now_and_then() {
         let mut budget = LogBudget::default();
         let start = budget.refilled_at;
         let logged = (0..1000)
             .filter(|_| budget.admit_at(start) != Verdict::Drop)
             .count();
         assert_eq!(logged, 100);
-        // Half a second later: ten more, the first saying 900 were dropped.
+        // Half a second later: ten more, the first reporting 900 dropped.
         let later = start + Duration::from_millis(500);
-        assert_eq!(budget.admit_at(later), Verdict::Log { suppressed: 900 });
+        assert_eq!(budget.admit_at(later), Verdict::Log { dropped: 900 });
         let more = (0..100)
             .filter(|_| budget.admit_at(later) != Verdict::Drop)
             .count();
         assert_eq!(more, 9);
+        // The next report waits ten seconds, and then counts everything.
+        let soon = later + Duration::from_secs(1);
+        assert_eq!(budget.admit_at(soon), Verdict::Log { dropped: 0 });
+        let late = later + REPORT_EVERY;
+        assert_eq!(budget.admit_at(late), Verdict::Log { dropped: 91 });
     }
 
     #[test]

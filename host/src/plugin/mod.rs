@@ -5,6 +5,7 @@ pub mod bindings;
 pub mod catalog;
 mod deadline;
 pub mod engine;
+mod guest_stderr;
 pub mod inspect;
 mod log_budget;
 pub mod reload;

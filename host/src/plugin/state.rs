@@ -5,10 +5,11 @@
 use super::bindings::sink::omh::plugin::{clock, logging, sql};
 use super::bindings::types::Error as PluginError;
 use super::deadline::HostWait;
-use super::log_budget::{self, LogBudget, Verdict};
+use super::guest_stderr::GuestStderr;
+use super::log_budget::{self, LogBudget};
 use crate::storage::{SqlValue, Storage, StorageError, WriteOp};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -34,14 +35,16 @@ pub struct PluginState {
     storage: Option<Storage>,
     /// Time spent waiting on `storage`: not the plugin's time.
     pub(super) host_wait: Arc<HostWait>,
-    log_budget: LogBudget,
+    /// Shared with the instance's stderr.
+    log_budget: Arc<Mutex<LogBudget>>,
 }
 
 impl PluginState {
     pub fn new(instance: Arc<str>, grants: &Grants, memory_limit: u64) -> Self {
         let mut wasi = WasiCtxBuilder::new();
         // Guest panics print here; that message is the best clue to a trap.
-        wasi.inherit_stderr();
+        let log_budget = Arc::new(Mutex::new(LogBudget::default()));
+        wasi.stderr(GuestStderr::new(instance.clone(), log_budget.clone()));
         if !grants.connect.is_empty() {
             let allowed = grants.connect.clone();
             wasi.allow_tcp(true);
@@ -65,7 +68,7 @@ impl PluginState {
                 .build(),
             storage: grants.storage.clone(),
             host_wait: Arc::default(),
-            log_budget: LogBudget::default(),
+            log_budget,
         }
     }
 }
@@ -98,12 +101,14 @@ impl logging::Host for PluginState {
         if !enabled {
             return Ok(());
         }
-        let Verdict::Log { suppressed } = self.log_budget.admit() else {
-            return Ok(());
-        };
         let plugin = &*self.instance;
-        if suppressed > 0 {
-            tracing::warn!(plugin, suppressed, "plugin logs too much; lines dropped");
+        if !self
+            .log_budget
+            .lock()
+            .expect("log budget lock")
+            .pass(plugin)
+        {
+            return Ok(());
         }
         // Plugin fields are dynamic, tracing's are static: append them to
         // the message as `key=value`, as logfmt readers expect.

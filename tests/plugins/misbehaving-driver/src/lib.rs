@@ -29,7 +29,8 @@ enum Mode {
     /// Returns a million readings: the group's first tag, then tags the
     /// group does not have and the first tag again, alternating.
     Flood,
-    /// Logs 10,000 lines of 10 KB in every poll, then reads as `ok`.
+    /// Logs 10,000 lines of 10 KB in every poll, and writes 1,000 to
+    /// stderr, then reads as `ok`.
     Chatty,
     /// Keeps returning good readings.
     Ok,
@@ -162,8 +163,12 @@ fn misbehave(mode: Mode) {
         Mode::Ok | Mode::Escape | Mode::Flood => {}
         Mode::Chatty => {
             let line = "chatter ".repeat(1250);
-            for _ in 0..10_000 {
+            for i in 0..10_000 {
                 omh_sdk::log(omh_sdk::Level::Info, &line, &[]);
+                // Fewer: each stderr line is several host calls.
+                if i % 10 == 0 {
+                    eprintln!("{line}");
+                }
             }
         }
         Mode::Trap => panic!("misbehaving-driver: trapping on purpose"),
