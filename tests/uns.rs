@@ -166,3 +166,70 @@ tags = [{{ name = "t", address = "1!40001", type = "int16" }}]
     );
     site.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_removed_by_a_reload_leaves_no_retained_topics_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mqtt_port, simulator) = (free_port(), free_port());
+    let manifest = dir.path().join("site.toml");
+    let header = manifest_header(&dir.path().join("data"), &plugins_dir(), mqtt_port);
+    let site_with = |devices: &[&str]| {
+        let mut body = format!(
+            "[broker.uns]\n[simulators.sim]\nlisten = \"127.0.0.1:{simulator}\"\n\
+             registers = [{{ address = \"1!40001\", min = 280, max = 309 }}]\n"
+        );
+        for device in devices {
+            body += &format!(
+                "[devices.{device}]\ndriver = \"modbus-tcp\"\nendpoint = \"127.0.0.1:{simulator}\"\n\
+                 [devices.{device}.groups.g]\ninterval = \"200ms\"\n\
+                 tags = [{{ name = \"temperature\", address = \"1!40001\" }}]\n"
+            );
+        }
+        header.clone() + &body
+    };
+    std::fs::write(&manifest, site_with(&["kept", "removed"])).unwrap();
+    let mut site = RunningSite::start(&manifest, &[], dir.path());
+    let mqtt = Collector::connect(mqtt_port, &["site/#"]);
+    mqtt.wait_for_more(&mut site, "site/removed/temperature", 1)
+        .await;
+
+    std::fs::write(&manifest, site_with(&["kept"])).unwrap();
+    let hang_up = std::process::Command::new("kill")
+        .args(["-HUP", &site.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hang_up.success());
+    site.wait_for_log("manifest reload: applied").await;
+
+    // What a client subscribing now is shown as retained.
+    let output = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &mqtt_port.to_string(),
+            "-t",
+            "#",
+            "-W",
+            "2",
+            "-F",
+            "%r %t",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let retained: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("1 "))
+        .collect();
+    for topic in [
+        "site/kept/temperature",
+        "omh/status/devices/kept",
+        "omh/status/plugins/devices.kept",
+    ] {
+        assert!(retained.contains(&topic), "{topic} not in {retained:?}");
+    }
+    assert!(
+        !retained.iter().any(|topic| topic.contains("removed")),
+        "{retained:?}"
+    );
+    site.assert_alive();
+}

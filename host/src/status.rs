@@ -8,6 +8,7 @@
 //!   of each plugin instance.
 
 use crate::bus::Publisher;
+use crate::bus::retained::{RetainedTopics, owner_of};
 use crate::plugin::state::unix_millis;
 use std::time::SystemTime;
 
@@ -27,11 +28,33 @@ pub enum PluginState {
 #[derive(Clone)]
 pub struct StatusBoard {
     publisher: Publisher,
+    retained: RetainedTopics,
 }
 
 impl StatusBoard {
     pub fn new(publisher: Publisher) -> Self {
-        Self { publisher }
+        Self {
+            publisher,
+            retained: RetainedTopics::default(),
+        }
+    }
+
+    /// Where device and plugin statuses, and a device's unified-namespace
+    /// topics, are recorded by owner.
+    pub fn retained(&self) -> &RetainedTopics {
+        &self.retained
+    }
+
+    /// Clears the retained topics of a device or sink (`devices.NAME`,
+    /// `sinks.NAME`) that is gone: its statuses, its plugins' and its
+    /// unified-namespace tags.
+    pub fn forget(&self, owner: &str) {
+        let cleared = self.retained.clear(owner, &self.publisher);
+        tracing::info!(
+            owner,
+            cleared,
+            "retained topics of a removed device or sink cleared"
+        );
     }
 
     pub fn host(&self, site: &str, state: HostState) {
@@ -47,11 +70,10 @@ impl StatusBoard {
             "last_error": last_error,
             "timestamp": unix_millis(SystemTime::now()),
         });
-        self.publisher.publish(
-            format!("{DEVICE_STATUS_TOPIC_PREFIX}{device}"),
-            payload.to_string().into_bytes(),
-            true,
-        );
+        let topic = format!("{DEVICE_STATUS_TOPIC_PREFIX}{device}");
+        self.retained.record(&format!("devices.{device}"), &topic);
+        self.publisher
+            .publish(topic, payload.to_string().into_bytes(), true);
     }
 
     pub fn plugin(
@@ -74,11 +96,10 @@ impl StatusBoard {
             "last_error": last_error,
             "timestamp": unix_millis(SystemTime::now()),
         });
-        self.publisher.publish(
-            format!("{STATUS_TOPIC_PREFIX}{instance}"),
-            payload.to_string().into_bytes(),
-            true,
-        );
+        let topic = format!("{STATUS_TOPIC_PREFIX}{instance}");
+        self.retained.record(owner_of(instance), &topic);
+        self.publisher
+            .publish(topic, payload.to_string().into_bytes(), true);
     }
 }
 

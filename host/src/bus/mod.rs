@@ -3,6 +3,7 @@
 //! topic filters through its own link; outside MQTT clients connect over TCP.
 
 pub mod neuron;
+pub mod retained;
 pub mod uns;
 
 use crate::gateway::{self, GatewayStats, Internal};

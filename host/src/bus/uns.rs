@@ -5,6 +5,7 @@
 //! `"quality":"bad"` and its `"error"` code.
 
 use super::Publisher;
+use super::retained::RetainedTopics;
 use crate::manifest::GroupTopics;
 use crate::plugin::bindings::types::{Message, Quality, Reading, Value};
 use serde_json::json;
@@ -14,16 +15,21 @@ use std::collections::HashMap;
 pub struct GroupUns {
     topics: GroupTopics,
     retain: bool,
+    /// Where retained topics are recorded, under `owner` (`devices.NAME`).
+    retained: RetainedTopics,
+    owner: String,
     /// `None` for a tag name (made by a transform) that cannot be a topic
     /// level; it is skipped and logged once.
     built: HashMap<String, Option<String>>,
 }
 
 impl GroupUns {
-    pub fn new(topics: GroupTopics, retain: bool) -> Self {
+    pub fn new(topics: GroupTopics, retain: bool, retained: RetainedTopics, device: &str) -> Self {
         Self {
             topics,
             retain,
+            retained,
+            owner: format!("devices.{device}"),
             built: HashMap::new(),
         }
     }
@@ -58,7 +64,11 @@ impl GroupUns {
             );
             None
         } else {
-            Some(self.topics.topic(tag))
+            let topic = self.topics.topic(tag);
+            if self.retain {
+                self.retained.record(&self.owner, &topic);
+            }
+            Some(topic)
         };
         self.built.insert(tag.to_string(), topic.clone());
         topic

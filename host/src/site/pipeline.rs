@@ -152,9 +152,9 @@ impl Site {
                     Some(TransformChain::new(steps, tables))
                 };
                 let retain = manifest.broker.uns.as_ref().is_none_or(|uns| uns.retain);
-                let uns = loaded
-                    .uns_topics(name, group_name)
-                    .map(|topics| GroupUns::new(topics, retain));
+                let uns = loaded.uns_topics(name, group_name).map(|topics| {
+                    GroupUns::new(topics, retain, self.status.retained().clone(), name)
+                });
                 schedules.push(GroupSchedule::new(
                     name,
                     group_name,
@@ -315,7 +315,7 @@ impl Pipeline {
         changed_sinks: Vec<SinkParts>,
         devices: Devices,
     ) {
-        self.stop_devices();
+        self.stop_devices().await;
         let leaving = self
             .sinks
             .extract_if(.., |name, _| !sink_unchanged(&self.loaded, &loaded, name))
@@ -336,15 +336,21 @@ impl Pipeline {
         self.start_devices(site, devices);
     }
 
-    fn stop_devices(&mut self) {
-        for task in self.devices.drain(..) {
+    /// Stops the device tasks and waits until they have, so none publishes
+    /// after this returns.
+    async fn stop_devices(&mut self) {
+        let tasks: Vec<_> = self.devices.drain(..).collect();
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
     /// The clean stop: devices first, then sinks write what is on the bus.
     pub async fn stop(mut self) {
-        self.stop_devices();
+        self.stop_devices().await;
         drain(std::mem::take(&mut self.sinks).into_values().collect()).await;
     }
 }

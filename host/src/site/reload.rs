@@ -62,8 +62,29 @@ pub async fn reload(site: &Site, pipeline: &mut Pipeline) {
         loaded.manifest.sinks.len(),
         sinks.len()
     );
+    let gone = removed(&pipeline.loaded, &loaded);
     pipeline.replace(site, loaded, sinks, devices).await;
+    for owner in gone {
+        site.status.forget(&owner);
+    }
     tracing::info!("manifest reload: applied: {summary}");
+}
+
+/// The devices and sinks of `running` that `new` no longer has, as owners
+/// of retained topics (`devices.NAME`, `sinks.NAME`).
+fn removed(running: &LoadedManifest, new: &LoadedManifest) -> Vec<String> {
+    let (old, new) = (&running.manifest, &new.manifest);
+    let devices = old
+        .devices
+        .keys()
+        .filter(|name| !new.devices.contains_key(*name))
+        .map(|name| format!("devices.{name}"));
+    let sinks = old
+        .sinks
+        .keys()
+        .filter(|name| !new.sinks.contains_key(*name))
+        .map(|name| format!("sinks.{name}"));
+    devices.chain(sinks).collect()
 }
 
 /// Keeps the running value of every section that needs a restart, saying
