@@ -47,7 +47,7 @@ where
         });
         match oversized {
             Some(size) => tracing::warn!(
-                %peer, size, max_payload_size = shared.max_packet,
+                %peer, size, max_packet = shared.max_packet,
                 "MQTT packet larger than broker.max_payload_size; connection closed"
             ),
             None => tracing::debug!(%peer, error = format!("{error:#}"), "MQTT connection closed"),

@@ -261,9 +261,9 @@ pub struct SinkSection {
         deserialize_with = "units::byte_size"
     )]
     pub buffer_max_bytes: u64,
-    /// Longest a database write or commit may take (a locked table, a
-    /// stalled server) before the connection is dropped and the batch,
-    /// still buffered, is retried.
+    /// Longest a database write may take (a locked table, a stalled
+    /// server) before it is cancelled, the connection dropped and the
+    /// batch, still buffered, retried. PostgreSQL only.
     #[serde(
         default = "default_write_timeout",
         deserialize_with = "units::duration"

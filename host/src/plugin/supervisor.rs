@@ -4,6 +4,10 @@
 //! limit drops the store (a trapped store is poisoned) and instantiates a
 //! fresh one after an exponential backoff. Nothing here knows which world
 //! the plugin implements: the caller passes the call.
+//!
+//! It also follows its plugin's current version: when a new one is
+//! published, the next call first starts and configures an instance of it
+//! and, if that works, drops the old one; otherwise the old one stays.
 
 use super::bindings::types::Error as PluginError;
 use super::deadline;

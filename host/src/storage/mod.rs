@@ -153,8 +153,9 @@ pub enum Storage {
 impl Storage {
     /// Opens lazily for PostgreSQL (the server may come up later) and at once
     /// for SQLite (a bad path should fail start-up).
-    /// `write_timeout` bounds a PostgreSQL write or commit (SQLite is local
-    /// and waits on its own busy timeout).
+    /// `write_timeout` bounds a PostgreSQL write, not its batch's COMMIT
+    /// (see `PostgresStorage::commit_batch`); SQLite is local and waits on
+    /// its own busy timeout.
     pub fn open(
         url: &StorageUrl,
         data_dir: &Path,
